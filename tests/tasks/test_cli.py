@@ -1,0 +1,51 @@
+"""The real command line, in a subprocess: a single job, a sweep, info and detect."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from yolomlu.model import build_yolov5
+from yolomlu.model.checkpoint import save_state_dict
+
+TINY = ["model=yolov5n_v5", "img_size=64", "data.n_images=4", "data.image_size=128", "bench.warmup=1", "bench.iters=2"]
+
+
+def test_multirun_sweep_gives_one_run_per_job(run_cli, read_runs, tmp_path: Path) -> None:
+    proc = run_cli("-m", *TINY, "bench.batch_size=1,2")
+    runs = read_runs(tmp_path / "mlflow.db")
+    parent = runs[runs["tags.sweep"] == "true"]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent.iloc[0]["run_id"]]
+    assert len(parent) == 1 and len(runs) == 3, proc.stdout
+    assert sorted(children["params.bench.batch_size"]) == ["1", "2"]
+    assert set(runs["status"]) == {"FINISHED"}
+
+
+def test_info_prints_the_yolov5_summary_line(run_cli) -> None:
+    proc = run_cli("task=info", "model=yolov5s_v5")
+    assert "layers, 7266973 parameters" in proc.stdout  # YOLOv5s v5.0, fused, as its release logs it
+
+
+def test_detect_prints_boxes_and_writes_annotated_images(run_cli, tmp_path: Path) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.jpg", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(folder / name)
+    weights = tmp_path / "w.pt"
+    save_state_dict(build_yolov5("v5", 0.33, 0.25, nc=80), weights)
+    # conf 0 so that even untrained weights print boxes in the documented format.
+    proc = run_cli("task=detect", f"source={folder}", f"model.weights={weights}", "img_size=64", "detect.conf_thres=0.0", "detect.max_det=3")
+    assert "a.jpg (80x48): 3 boxes" in proc.stdout
+    box_lines = [line.split() for line in proc.stdout.splitlines() if line.startswith("  ")]
+    assert len(box_lines) == 6
+    x1, y1, x2, y2, conf = map(float, box_lines[0][:5])
+    assert 0 <= x1 <= x2 <= 80 and 0 <= y1 <= y2 <= 48 and 0 <= conf <= 1
+    assert box_lines[0][5].isalpha()  # a class name, not a number
+    assert sorted(p.name for p in (tmp_path / "outputs" / "detect").iterdir()) == ["a.jpg", "b.jpg"]
+
+
+def test_unknown_key_is_refused_by_hydra(run_cli) -> None:
+    proc = run_cli("backend.flavour=spicy", check=False)
+    assert proc.returncode != 0
+    assert "flavour" in proc.stderr

@@ -1,0 +1,60 @@
+"""Sweeps that lose nothing: parent run, failures recorded, exit status, finished jobs reused."""
+
+from pathlib import Path
+
+TINY = ["model=yolov5n_v5", "img_size=64", "data.n_images=4", "data.image_size=128", "bench.iters=1", "eval.enabled=false"]
+
+
+def test_failing_job_is_recorded_and_rerun_reuses_finished_ones(run_cli, read_runs, tmp_path: Path) -> None:
+    # bench.warmup=-1 fails inside its job (validation happens inside the run).
+    first = run_cli("-m", *TINY, "bench.warmup=0,1,-1", check=False)
+    assert first.returncode != 0
+    assert "1 of 3 jobs failed" in first.stderr
+    runs = read_runs(tmp_path / "mlflow.db")
+    parents = runs[runs["tags.sweep"] == "true"]
+    children = runs[runs["tags.mlflow.parentRunId"] == parents.iloc[0]["run_id"]]
+    assert len(parents) == 1 and parents.iloc[0]["status"] == "FINISHED"
+    assert sorted(children["status"]) == ["FAILED", "FINISHED", "FINISHED"]
+    failed = children[children["status"] == "FAILED"].iloc[0]
+    assert failed["params.bench.warmup"] == "-1" and "bench.warmup=-1" in failed["tags.error"]
+    assert parents.iloc[0]["tags.jobs_failed"] == "1"
+
+    # The same sweep again: the two finished jobs are reused, the bad one fails again.
+    second = run_cli("-m", *TINY, "bench.warmup=0,1,-1", check=False)
+    assert second.returncode != 0
+    runs = read_runs(tmp_path / "mlflow.db")
+    newest = runs[runs["tags.sweep"] == "true"].sort_values("start_time").iloc[-1]
+    children = runs[runs["tags.mlflow.parentRunId"] == newest["run_id"]]
+    reused = children[children["tags.reused_from"].notna()]
+    assert len(reused) == 2 and set(reused["status"]) == {"FINISHED"}
+    assert set(reused["tags.reused_from"]) <= set(runs["run_id"])
+    assert (reused["metrics.fps"] > 0).all()  # the earlier measurement, carried over and marked
+    assert newest["tags.jobs_reused"] == "2"
+    assert "reused" in second.stdout
+
+
+def test_rerun_flag_measures_again(run_cli, read_runs, tmp_path: Path) -> None:
+    run_cli("-m", *TINY, "bench.warmup=0")
+    run_cli("-m", *TINY, "bench.warmup=0", "sweep.rerun=true")
+    runs = read_runs(tmp_path / "mlflow.db")
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert len(children) == 2
+    assert "tags.reused_from" not in children.columns or children["tags.reused_from"].isna().all()
+
+
+def test_job_timeout_fails_the_job(run_cli, read_runs, tmp_path: Path) -> None:
+    proc = run_cli("-m", *TINY, "bench.iters=100000", "sweep.timeout_s=3", check=False)
+    assert proc.returncode != 0
+    runs = read_runs(tmp_path / "mlflow.db")
+    child = runs[runs["tags.mlflow.parentRunId"].notna()].iloc[0]
+    assert child["status"] == "FAILED" and "sweep.timeout_s=3" in child["tags.error"]
+
+
+def test_offline_records_import_into_mlflow(run_cli, read_runs, tmp_path: Path) -> None:
+    records = tmp_path / "records"
+    run_cli(*TINY, f"tracking.offline_dir={records}")
+    assert not (tmp_path / "mlflow.db").exists()  # nothing talked to the store
+    run_cli("task=import", f"source={records}")
+    runs = read_runs(tmp_path / "mlflow.db")
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "FINISHED" and runs.iloc[0]["metrics.fps"] > 0
+    assert runs.iloc[0]["tags.imported_from"].startswith(str(records))

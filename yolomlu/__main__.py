@@ -1,0 +1,3 @@
+from yolomlu.cli import main
+
+main()

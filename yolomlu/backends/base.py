@@ -1,0 +1,96 @@
+"""The one interface every backend implements.
+
+A runner is cheap to construct and acquires its resources (device memory, sessions, compiled
+graphs) in :meth:`Runner.activate`; use it as a context manager. Subclasses override only the
+``_*_impl`` hooks; the public methods do the checks and the timing.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from typing import Any, ClassVar
+
+import torch
+
+from yolomlu.types import LayerProfile
+
+
+class BackendError(RuntimeError):
+    """A backend cannot do what was asked (missing SDK, unsupported setting)."""
+
+
+class Runner(abc.ABC):
+    """Runs a detection model on one backend.
+
+    ``infer`` takes a preprocessed batch, float32 [B, 3, H, W] in 0..1 on the CPU, and returns the
+    raw per-level Detect convolution outputs, each float32 [B, na*(5+nc), H/stride, W/stride] on
+    the CPU. Decode, NMS and rescaling happen elsewhere, once, for every backend.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self) -> None:
+        self.is_active = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def activate(self) -> "Runner":
+        if not self.is_active:
+            self._activate_impl()
+            self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self._deactivate_impl()
+            self.is_active = False
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    # -- inference ---------------------------------------------------------------------------
+    def infer(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        outputs, _ = self.timed_infer(batch)
+        return outputs
+
+    def timed_infer(self, batch: torch.Tensor) -> tuple[list[torch.Tensor], float]:
+        """Run one batch; return the outputs and the seconds it took, device synchronised."""
+        if not self.is_active:
+            raise BackendError(f"{self.name} runner is not active: use it as a context manager")
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"expected a batch [B, 3, H, W], got {tuple(batch.shape)}")
+        self._synchronize()
+        start = time.perf_counter()
+        outputs = self._infer_impl(batch)
+        self._synchronize()
+        return outputs, time.perf_counter() - start
+
+    def profile(self, batch: torch.Tensor, passes: int = 3) -> LayerProfile:
+        """Per-layer-type time table of one forward, averaged over ``passes`` after a warm-up."""
+        if not self.is_active:
+            raise BackendError(f"{self.name} runner is not active: use it as a context manager")
+        self._infer_impl(batch)  # warm-up: first calls allocate and pick kernels
+        return self._profile_impl(batch, passes)
+
+    def _profile_impl(self, batch: torch.Tensor, passes: int) -> LayerProfile:
+        raise BackendError(f"the {self.name} backend cannot profile layers")
+
+    def evidence(self) -> dict[str, Any]:
+        """Facts that show the variant ran as asked (mode, dtype, artifact type and size)."""
+        return {}
+
+    # -- hooks -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _activate_impl(self) -> None: ...
+
+    def _deactivate_impl(self) -> None:
+        pass
+
+    @abc.abstractmethod
+    def _infer_impl(self, batch: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def _synchronize(self) -> None:
+        pass

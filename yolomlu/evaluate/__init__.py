@@ -1,0 +1,1 @@
+"""Evaluation: COCO mAP, speed benchmarks and the shared pre/post-processing pipeline."""

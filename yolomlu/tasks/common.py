@@ -1,0 +1,235 @@
+"""Config -> objects: the one place that turns Hydra config nodes into typed library calls."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from yolomlu.backends import BackendError, Runner, runner_class
+from yolomlu.data.categories import COCO80_NAMES
+from yolomlu.data.coco import CocoDataset
+from yolomlu.data.synthetic import dataset_stats, ensure_shapes
+from yolomlu.evaluate.pipeline import DetectHead, NmsSettings
+from yolomlu.model import build_yolov5, fuse_conv_bn
+from yolomlu.model.checkpoint import load_weights
+from yolomlu.tracking import TrackingSettings, default_tracking_uri
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+# Keys that say where a job is recorded or cached, not what it computes.
+_NON_SEMANTIC_KEYS = ("tracking", "paths", "sweep", "baseline")
+
+
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain Python containers."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Short hash of what the job computes: the resolved config without tracking, paths, sweep and
+    baseline keys (where a result is recorded, not what it is)."""
+    plain = {k: v for k, v in to_plain(cfg).items() if k not in _NON_SEMANTIC_KEYS}
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def choose(value: Any, choices: tuple[str, ...], key: str) -> str:
+    """Return ``value`` if it is one of ``choices``; else raise naming the key and the choices."""
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is not valid; choose one of {list(choices)}")
+    return value
+
+
+# -- model -------------------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    names: list[str]
+    trained: bool  # weights came from a checkpoint (accuracy means something)
+    weights: str | None
+
+
+def build_model(cfg: DictConfig) -> LoadedModel:
+    """Build ``cfg.model``, load its weights if given, apply ``cfg.transforms``; eval mode."""
+    m = cfg.model
+    model = build_yolov5(m.arch, m.depth_multiple, m.width_multiple, nc=m.nc)
+    names: list[str] | None = list(m.names) if m.names is not None else None
+    weights = None
+    if m.weights:
+        weights = str(Path(m.weights).expanduser().resolve())
+        info = load_weights(model, weights)
+        names = names or info.names
+    if names is None:
+        names = list(COCO80_NAMES) if m.nc == 80 else [f"class{i}" for i in range(m.nc)]
+    if len(names) != m.nc:
+        raise ValueError(f"model.names has {len(names)} names but model.nc is {m.nc}")
+    model.eval()
+    if cfg.transforms.fuse:
+        fuse_conv_bn(model)
+    return LoadedModel(model=model, names=names, trained=weights is not None, weights=weights)
+
+
+def detect_head(model: torch.nn.Module) -> DetectHead:
+    head = model.detect
+    return DetectHead(
+        anchors_px=head.anchors_px.detach().float().cpu(),
+        strides=tuple(float(s) for s in head.stride),
+        nc=int(head.nc),
+    )
+
+
+def model_mb(model: torch.nn.Module) -> float:
+    """Size of the weights and buffers as the model holds them, in MiB."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+# -- data --------------------------------------------------------------------------------------
+def load_dataset(cfg: DictConfig) -> CocoDataset:
+    """The job's dataset: a folder (``data.root``) or the generated synthetic set."""
+    d = cfg.data
+    if d.root is not None:
+        dataset = CocoDataset.from_root(Path(d.root).expanduser())
+    elif d.name == "shapes":
+        root = ensure_shapes(
+            Path(cfg.paths.cache_dir) / "datasets", n_images=d.n_images, img_size=d.image_size, seed=d.seed, split=d.split
+        )
+        dataset = CocoDataset.from_root(root)
+    else:
+        raise ValueError(f"data.root is required for data={d.name}")
+    if d.max_images is not None:
+        if d.max_images < 1:
+            raise ValueError(f"data.max_images must be positive or null, got {d.max_images}")
+        dataset = dataset.subset(d.max_images)
+    return dataset
+
+
+def describe_dataset(dataset: CocoDataset) -> dict[str, Any]:
+    return dataset_stats(dataset.ann_file)
+
+
+# -- backend -----------------------------------------------------------------------------------
+def make_runner(cfg: DictConfig, model: torch.nn.Module) -> Runner:
+    """The runner named by ``backend.name``, given the other backend keys as settings."""
+    settings = {k: v for k, v in to_plain(cfg.backend).items() if k != "name"}
+    cls = runner_class(cfg.backend.name)
+    try:
+        return cls(model, **settings)
+    except TypeError as exc:
+        raise BackendError(f"backend={cfg.backend.name} does not take these settings {sorted(settings)}: {exc}") from exc
+
+
+def eval_nms(cfg: DictConfig) -> NmsSettings:
+    e = cfg.eval
+    return NmsSettings(e.conf_thres, e.iou_thres, e.max_det, e.max_candidates, e.multi_label)
+
+
+def bench_nms(cfg: DictConfig) -> NmsSettings:
+    b = cfg.bench
+    return NmsSettings(b.conf_thres, b.iou_thres, b.max_det)
+
+
+# -- tracking ----------------------------------------------------------------------------------
+def tracking_settings(cfg: DictConfig) -> TrackingSettings:
+    t = cfg.tracking
+    uri = t.uri or default_tracking_uri(Path.cwd())
+    return TrackingSettings(uri=uri, experiment=t.experiment, artifact_root=t.artifact_root, offline_dir=t.offline_dir)
+
+
+def run_name(cfg: DictConfig) -> str:
+    if cfg.tracking.run_name:
+        return str(cfg.tracking.run_name)
+    b = cfg.backend
+    precision = "half" if b.get("half") else "fp32"
+    parts = [cfg.model.name, b.name, b.get("device", ""), b.get("mode", ""), precision]
+    if cfg.quant.name != "none":
+        parts.append(cfg.quant.name)
+    parts += [f"bs{cfg.bench.batch_size}", str(cfg.img_size)]
+    return "-".join(p for p in parts if p)
+
+
+def environment_tags() -> dict[str, str]:
+    """Where and with what a job ran: device, threads, versions, git commit."""
+    tags = {
+        "host": platform.node(),
+        "cpu": _cpu_name(),
+        "threads": str(torch.get_num_threads()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "git_commit": _git_commit(),
+    }
+    for package in ("yolomlu", "numpy", "mlflow", "hydra-core", "pycocotools"):
+        try:
+            tags[f"version.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return tags
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        )  # fmt: skip
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def log_stream() -> Any:
+    """Where human-readable results go (stdout; kept apart for tests)."""
+    return sys.stdout
+
+
+# -- validation --------------------------------------------------------------------------------
+TASKS = ("evaluate", "detect", "info", "import")
+ARCHS = ("v5", "v6")
+DATASETS = ("shapes", "coco")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Refuse an invalid value before any work starts, naming the key, the value and the choices.
+
+    Hydra already refuses unknown keys (the config is in struct mode); this checks values.
+    """
+    choose(cfg.task, TASKS, "task")
+    if not isinstance(cfg.img_size, int) or cfg.img_size < 32 or cfg.img_size % 32:
+        raise ValueError(f"img_size={cfg.img_size!r} must be a positive multiple of 32")
+    choose(cfg.model.arch, ARCHS, "model.arch")
+    if not isinstance(cfg.model.nc, int) or cfg.model.nc < 1:
+        raise ValueError(f"model.nc={cfg.model.nc!r} must be a positive integer")
+    choose(cfg.data.name, DATASETS, "data.name")
+    eval_nms(cfg)
+    bench_nms(cfg)
+    for key in ("eval.batch_size", "bench.batch_size", "bench.iters"):
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}={value!r} must be a positive integer")
+    if not isinstance(cfg.bench.warmup, int) or cfg.bench.warmup < 0:
+        raise ValueError(f"bench.warmup={cfg.bench.warmup!r} must be a non-negative integer")
+    # Constructing a runner is cheap and checks every backend setting.
+    make_runner(cfg, torch.nn.Identity())

@@ -1,0 +1,119 @@
+"""Sweeps that lose nothing: a parent MLflow run per sweep, failures recorded, finished jobs reused.
+
+``SweepTracking`` is a Hydra callback (registered in conf/config.yaml). In the parent process it
+creates the store, the experiment and the parent run before any worker logs, and closes the parent
+when the sweep ends, with a summary, even when jobs failed. Each job finds its parent through the
+environment variable ``YOLOMLU_PARENT_RUN_ID`` (inherited by joblib and submitit workers).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from yolomlu.tasks import common
+from yolomlu.tracking import child_runs, start_run
+
+PARENT_ENV = "YOLOMLU_PARENT_RUN_ID"
+
+
+def parent_run_id() -> str | None:
+    """The id of the sweep's parent run when this job is part of a sweep."""
+    return os.environ.get(PARENT_ENV) or None
+
+
+class JobTimeout(TimeoutError):
+    pass
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`JobTimeout` inside the block once ``seconds`` have passed (main thread only)."""
+    if not seconds:
+        yield
+        return
+    if seconds <= 0:
+        raise ValueError(f"sweep.timeout_s={seconds} must be positive or null")
+
+    def _expire(signum: int, frame: Any) -> None:
+        raise JobTimeout(f"job ran longer than sweep.timeout_s={seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, _expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_job(cfg: DictConfig) -> Any:
+    """The Hydra task function: one job, with its time limit.
+
+    Inside a sweep a failing job does not raise: its run is already recorded as FAILED, the other
+    jobs go on, and the parent's summary and the exit status report it.
+    """
+    from yolomlu.tasks import run_task
+
+    try:
+        with time_limit(cfg.sweep.timeout_s):
+            return run_task(cfg)
+    except Exception as exc:
+        if parent_run_id() is None:
+            raise
+        print(f"[yolomlu] job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+class SweepTracking(Callback):
+    """Hydra callback: one parent run per multirun sweep."""
+
+    def __init__(self) -> None:
+        self._parent = None
+        self._settings = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._settings = common.tracking_settings(config)
+        # HydraConfig is not set yet in the parent at this point: read the hydra node directly.
+        choices = config.hydra.runtime.choices
+        preset = choices.get("experiments/sweep") or choices.get("experiments") or "adhoc"
+        overrides = " ".join(config.hydra.overrides.task)
+        self._parent = start_run(
+            self._settings,
+            f"sweep-{preset}-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={"sweep": "true", "sweep_preset": preset, "sweep_overrides": overrides, **common.environment_tags()},
+        )
+        os.environ[PARENT_ENV] = self._parent.run_id
+        print(f"[yolomlu] sweep parent run {self._parent.run_id} ({self._settings.uri})", file=common.log_stream())
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._parent is None:
+            return
+        os.environ.pop(PARENT_ENV, None)
+        children = child_runs(self._settings, self._parent.run_id)
+        failed = [c for c in children if c["status"] != "FINISHED"]
+        reused = [c for c in children if c["reused_from"]]
+        summary = format_summary(children)
+        self._parent.set_tags({"jobs": len(children), "jobs_failed": len(failed), "jobs_reused": len(reused)})
+        self._parent.log_text(summary, "sweep_summary.txt")
+        self._parent.end("FINISHED")
+        print(summary, file=common.log_stream())
+        if failed:
+            # Hydra itself would exit 0: the jobs' exceptions were recorded, not raised.
+            raise SystemExit(f"[yolomlu] {len(failed)} of {len(children)} jobs failed (see the summary above)")
+
+
+def format_summary(children: list[dict[str, str]]) -> str:
+    lines = [f"[yolomlu] sweep: {len(children)} jobs"]
+    for c in children:
+        note = f"  reused {c['reused_from']}" if c["reused_from"] else ""
+        error = f"  {c['error']}" if c["error"] else ""
+        lines.append(f"  {c['status']:<9} {c['name']}{note}{error}")
+    return "\n".join(lines)
