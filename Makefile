@@ -8,9 +8,11 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 ARGS ?=
+PRESET ?= study_cpu
+JOBS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test ui clean
+.PHONY: help setup run sweep report test ui demo-model clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,14 +26,24 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install yolomlu (editable) with its dev tools
 
-run: $(STAMP) ## run the main job on the embedded default (ARGS= adds Hydra overrides)
-	$(PY) -m yolomlu $(ARGS)
+run: $(STAMP) ## the main job: the study's CPU variants on the demo model, one at a time, then the report
+	$(PY) -m yolomlu experiments/sweep=study_cpu $(ARGS)
+	$(PY) -m yolomlu task=report
+
+sweep: $(STAMP) ## any sweep preset: PRESET=<experiments/sweep/*.yaml> (JOBS=n: parallel, untimed sweeps only)
+	$(PY) -m yolomlu experiments/sweep=$(PRESET) $(if $(JOBS),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)) $(ARGS)
+
+report: $(STAMP) ## comparison report of the latest sweep (HTML + Markdown in outputs/report/)
+	$(PY) -m yolomlu task=report $(ARGS)
 
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q $(ARGS)
 
 ui: $(STAMP) ## open the MLflow UI on http://127.0.0.1:5000 for ./mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port 5000 --workers 1
+
+demo-model: $(STAMP) ## retrain the demo checkpoint (about an hour on 2 CPU cores)
+	$(PY) -m yolomlu task=train $(ARGS)
 
 clean: ## remove generated state (runs, outputs, caches); keeps .venv
 	rm -rf mlflow.db mlartifacts mlruns outputs multirun .cache .pytest_cache

@@ -13,6 +13,7 @@ GROUP_FILES = sorted(
     (p.parent.name, p.stem) for p in CONFIG_DIR.glob("*/*.yaml") if p.parent.name != "experiments"
 )
 PRESETS = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml"))
+SWEEPS = sorted(p.stem for p in (ROOT / "experiments" / "sweep").glob("*.yaml"))
 # Groups whose options need a value only the user can give.
 REQUIRED = {("data", "coco"): ["data.root=/nonexistent/coco"]}
 
@@ -30,6 +31,21 @@ def test_every_preset_composes_and_validates(compose_cfg, preset: str) -> None:
     assert "python -m yolomlu" in text, "each preset names the command that runs it"
     cfg = compose_cfg([f"experiments={preset}"], tiny=False)
     validate_config(cfg)
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_every_sweep_preset_composes_and_each_of_its_jobs_validates(compose_cfg, sweep: str) -> None:
+    from hydra import compose, initialize_config_dir
+
+    text = (ROOT / "experiments" / "sweep" / f"{sweep}.yaml").read_text()
+    assert text.startswith("# @package _global_") and "python -m yolomlu" in text
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        full = compose("config", overrides=[f"experiments/sweep={sweep}"], return_hydra_config=True)
+    assert full.hydra.mode.name == "MULTIRUN"
+    jobs = str(full.hydra.sweeper.params.experiments).split(",")
+    assert set(jobs) <= set(PRESETS)
+    for job in jobs:
+        validate_config(compose_cfg([f"experiments/sweep={sweep}", f"experiments={job}"], tiny=False))
 
 
 def test_experiments_folder_is_the_experiments_group() -> None:

@@ -68,3 +68,36 @@ def test_missing_sdk_or_device_is_named() -> None:
 def test_inactive_runner_refuses_to_infer() -> None:
     with pytest.raises(BackendError, match="not active"):
         TorchRunner(TwoLevels()).infer(torch.rand(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize(
+    ("mode", "extra", "runs_type"),
+    [
+        ("fused", {}, "RecursiveScriptModule"),
+        ("offline", {"offline_format": "torchscript"}, "RecursiveScriptModule"),
+        ("offline", {"offline_format": "export"}, "GraphModule"),
+    ],
+)
+def test_modes_match_eager_and_leave_evidence(tmp_path, mode, extra, runs_type) -> None:
+    torch.manual_seed(0)
+    model = TwoLevels().eval()
+    x = torch.rand(3, 3, 32, 32)  # another batch size than the traced/exported example
+    with TorchRunner(model) as eager:
+        expected = eager.infer(x)
+    with TorchRunner(model, mode=mode, work_dir=tmp_path, img_size=32, **extra) as runner:
+        got = runner.infer(x)
+        evidence = runner.evidence()
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(expected, got))
+    assert evidence["backend.runs_type"] == runs_type
+    if mode == "offline":
+        files = list(tmp_path.iterdir())
+        assert len(files) == 1 and files[0].stat().st_size == evidence["backend.artifact_bytes"] > 0
+        # Loaded back from the file, not the module in memory: a second runner reuses the file.
+        with TorchRunner(model, mode=mode, work_dir=tmp_path, img_size=32, **extra) as again:
+            assert again.artifact == runner.artifact
+
+
+def test_half_precision_outputs_are_bfloat16_on_cpu(tmp_path) -> None:
+    with TorchRunner(TwoLevels(), mode="fused", half=True, img_size=32) as runner:
+        runner.infer(torch.rand(1, 3, 32, 32))
+        assert runner.evidence()["backend.output_dtype"] == "bfloat16"

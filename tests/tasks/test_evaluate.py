@@ -66,3 +66,42 @@ def test_unknown_value_fails_the_run_and_names_the_key(compose_cfg, read_runs, t
         evaluate(compose_cfg(["backend.mode=warp"]))
     run = read_runs(tmp_path / "mlflow.db").iloc[0]
     assert run["status"] == "FAILED" and "warp" in run["tags.error"]
+
+
+def _profile(tmp_path: Path, run_id: str):
+    import pandas as pd
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    local = client.download_artifacts(run_id, "layer_profile.json", str(tmp_path / run_id))
+    return pd.read_json(local, orient="split")
+
+
+def test_focus_to_conv_removes_strided_slices_and_keeps_parity(compose_cfg, read_runs, tmp_path: Path) -> None:
+    evaluate(compose_cfg(["experiments=cpu_reference"]))
+    evaluate(compose_cfg(["experiments=focus_to_conv"]))
+    runs = read_runs(tmp_path / "mlflow.db").sort_values("start_time")
+    reference, focus = runs.iloc[0], runs.iloc[1]
+    assert reference["tags.baseline"] == "true" and focus["tags.baseline"] == "false"
+    assert "STRIDEDSLICE" in set(_profile(tmp_path, reference["run_id"])["layer_type"])
+    assert "STRIDEDSLICE" not in set(_profile(tmp_path, focus["run_id"])["layer_type"])
+    assert focus["tags.transform.focus_to_conv.replaced"] == "1"
+    assert focus["metrics.parity_focus_to_conv"] < 1e-3
+    assert focus["metrics.parity_max_abs"] < 1e-3  # the whole variant vs the fp32 eager reference
+
+
+def test_offline_variant_runs_from_a_logged_file(compose_cfg, read_runs, tmp_path: Path) -> None:
+    evaluate(compose_cfg(["experiments=offline"]))
+    run = read_runs(tmp_path / "mlflow.db").iloc[0]
+    assert run["tags.backend.graph"] == "torchscript file loaded back"
+    assert run["metrics.artifact_mb"] > 0.5
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    files = client.list_artifacts(run["run_id"], "offline_model")
+    assert len(files) == 1 and files[0].path.endswith(".pt")
+    assert run["metrics.parity_max_abs"] < 1e-3
+
+
+def test_half_precision_variant_reports_its_dtype_and_error(compose_cfg, read_runs, tmp_path: Path) -> None:
+    evaluate(compose_cfg(["experiments=half"]))
+    run = read_runs(tmp_path / "mlflow.db").iloc[0]
+    assert run["tags.backend.output_dtype"] == "bfloat16"
+    assert 0 < run["metrics.parity_max_abs"]  # bf16 is not exact, and the log says by how much

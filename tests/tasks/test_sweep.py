@@ -2,7 +2,9 @@
 
 from pathlib import Path
 
-TINY = ["model=yolov5n_v5", "img_size=64", "data.n_images=4", "data.image_size=128", "bench.iters=1", "eval.enabled=false"]
+import pytest
+
+TINY = ["model=yolov5n_v5", "img_size=64", "data.n_images=4", "data.image_size=128", "bench.iters=1", "eval.enabled=false", "bench.profile=false"]
 
 
 def test_failing_job_is_recorded_and_rerun_reuses_finished_ones(run_cli, read_runs, tmp_path: Path) -> None:
@@ -58,3 +60,14 @@ def test_offline_records_import_into_mlflow(run_cli, read_runs, tmp_path: Path) 
     runs = read_runs(tmp_path / "mlflow.db")
     assert len(runs) == 1 and runs.iloc[0]["status"] == "FINISHED" and runs.iloc[0]["metrics.fps"] > 0
     assert runs.iloc[0]["tags.imported_from"].startswith(str(records))
+
+
+@pytest.mark.parametrize("launcher", ["submitit_local", "joblib"])
+def test_other_launchers_record_children_under_one_parent(run_cli, read_runs, tmp_path: Path, launcher: str) -> None:
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.timeout_min=10"]
+    run_cli("-m", *TINY, f"hydra/launcher={launcher}", *extra, "bench.batch_size=1,2")
+    runs = read_runs(tmp_path / "mlflow.db")
+    parent = runs[runs["tags.sweep"] == "true"]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent.iloc[0]["run_id"]]
+    assert len(parent) == 1 and parent.iloc[0]["status"] == "FINISHED"
+    assert sorted(children["params.bench.batch_size"]) == ["1", "2"] and set(children["status"]) == {"FINISHED"}

@@ -1,7 +1,18 @@
-"""The torch backend: the model as a torch module on a torch device."""
+"""The torch backend: the model as a torch module on a torch device, in one of three modes.
+
+| mode    | what runs                                            | the study's name   |
+|---------|------------------------------------------------------|--------------------|
+| eager   | the nn.Module, op by op                              | layer by layer     |
+| fused   | torch.jit.trace + freeze, or torch.compile           | fusion mode        |
+| offline | a saved TorchScript file or torch.export .pt2 package, loaded back from disk | offline model |
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,21 +23,29 @@ from yolomlu.backends.taxonomy import build_profile
 from yolomlu.types import LayerProfile
 
 DEVICES = ("cpu", "cuda", "mlu")
+MODES = ("eager", "fused", "offline")
+COMPILERS = ("trace", "compile")
+OFFLINE_FORMATS = ("torchscript", "export")
 # Ops of the runner's own input/output handling, not of the model.
 _NOT_LAYERS = {"aten::to", "aten::_to_copy", "aten::copy_", "aten::empty", "aten::empty_strided"}
-MODES = ("eager",)
 
 
 class TorchRunner(Runner):
-    """Layer-by-layer (eager) execution of a torch module.
+    """Runs a torch detection model.
 
     Args:
         model: the (transformed) detection model; its forward returns the Detect outputs.
         device: "cpu", "cuda" or "mlu" (torch_mlu 2.x, imported lazily).
-        mode: "eager".
+        mode: "eager", "fused" or "offline" (see the module docstring).
         half: run in reduced precision (bf16 on the CPU, fp16 on an accelerator).
         channels_last: use the NHWC memory format.
         threads: intra-op threads on the CPU (None keeps torch's default).
+        compiler: how mode=fused fuses: "trace" (torch.jit.trace + freeze) or "compile"
+            (torch.compile, default inductor mode; slow to compile on a CPU).
+        offline_format: what mode=offline writes: "torchscript" (.pt) or "export" (.pt2).
+        work_dir: where mode=offline writes its file (a cache: reused when the same model,
+            precision and format produced it before).
+        img_size: side of the example input used to trace or export.
     """
 
     name = "torch"
@@ -39,24 +58,43 @@ class TorchRunner(Runner):
         half: bool = False,
         channels_last: bool = False,
         threads: int | None = None,
+        compiler: str = "trace",
+        offline_format: str = "torchscript",
+        work_dir: str | Path | None = None,
+        img_size: int = 640,
     ) -> None:
         super().__init__()
-        if device not in DEVICES:
-            raise BackendError(f"backend.device={device!r} is not supported; choose one of {list(DEVICES)}")
-        if mode not in MODES:
-            raise BackendError(f"backend.mode={mode!r} is not supported by the torch backend; choose one of {list(MODES)}")
+        for key, value, choices in (
+            ("device", device, DEVICES),
+            ("mode", mode, MODES),
+            ("compiler", compiler, COMPILERS),
+            ("offline_format", offline_format, OFFLINE_FORMATS),
+        ):
+            if value not in choices:
+                raise BackendError(f"backend.{key}={value!r} is not supported by the torch backend; choose one of {list(choices)}")
         if threads is not None and threads < 1:
             raise BackendError(f"backend.threads must be a positive integer or null, got {threads}")
+        if mode == "offline" and work_dir is None:
+            raise BackendError("backend.mode=offline needs a work_dir to write the offline model to")
         self.model = model
         self.device_name = device
         self.mode = mode
         self.half = half
         self.channels_last = channels_last
         self.threads = threads
+        self.compiler = compiler
+        self.offline_format = offline_format
+        self.work_dir = Path(work_dir) if work_dir is not None else None
+        self.img_size = img_size
+        self.artifact: Path | None = None  # the offline model file, once written
         self._device: torch.device | None = None
         self._dtype = torch.float32
+        self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self._module: Any = None  # what actually runs
+        self._output_dtype: torch.dtype | None = None
         self._previous_threads: int | None = None
 
+    # -- lifecycle ---------------------------------------------------------------------------
     def _activate_impl(self) -> None:
         self._device = _acquire_device(self.device_name)
         if self.half:
@@ -64,19 +102,61 @@ class TorchRunner(Runner):
         if self.threads is not None and self._device.type == "cpu":
             self._previous_threads = torch.get_num_threads()
             torch.set_num_threads(self.threads)
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.model = self.model.eval().to(self._device, dtype=self._dtype, memory_format=memory_format)
+        model = self.model.eval().to(self._device, dtype=self._dtype, memory_format=self._memory_format)
+        # Batch 2, not 1: torch.export specialises a dimension of size 1 to a constant.
+        example = torch.zeros(2, 3, self.img_size, self.img_size, device=self._device, dtype=self._dtype)
+        example = example.contiguous(memory_format=self._memory_format)
+        if self.mode == "eager":
+            self._module = model
+        elif self.mode == "fused":
+            self._module = _fuse(model, example, self.compiler)
+        else:
+            self.artifact = self._write_offline(model, example)
+            self._module = self._load_offline(self.artifact)
 
     def _deactivate_impl(self) -> None:
         if self._previous_threads is not None:
             torch.set_num_threads(self._previous_threads)
             self._previous_threads = None
+        self._module = None
 
+    # -- offline model -----------------------------------------------------------------------
+    def _write_offline(self, model: nn.Module, example: torch.Tensor) -> Path:
+        suffix = ".pt" if self.offline_format == "torchscript" else ".pt2"
+        path = self.work_dir / f"{self.offline_format}-{self._fingerprint(model)}{suffix}"
+        if path.is_file():
+            return path  # the same model, precision and format wrote it before
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + f".{os.getpid()}.partial")
+        if self.offline_format == "torchscript":
+            torch.jit.save(_trace(model, example), str(partial))
+        else:
+            # Batch size stays dynamic: evaluation and benchmark batches differ.
+            program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+            torch.export.save(program, str(partial))
+        partial.replace(path)  # atomic: a crash never leaves a file that looks complete
+        return path
+
+    def _load_offline(self, path: Path) -> Any:
+        if self.offline_format == "torchscript":
+            return torch.jit.load(str(path), map_location=self._device)
+        return torch.export.load(str(path)).module()
+
+    def _fingerprint(self, model: nn.Module) -> str:
+        digest = hashlib.sha256()
+        for key, tensor in model.state_dict().items():
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(f"{self._dtype}{self.channels_last}{self.img_size}{self._device}{torch.__version__}".encode())
+        return digest.hexdigest()[:12]
+
+    # -- inference ---------------------------------------------------------------------------
     @torch.inference_mode()
     def _infer_impl(self, batch: torch.Tensor) -> list[torch.Tensor]:
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        x = batch.to(self._device, dtype=self._dtype, memory_format=memory_format)
-        return [y.float().cpu() for y in self.model(x)]
+        x = batch.to(self._device, dtype=self._dtype).contiguous(memory_format=self._memory_format)
+        outputs = self._module(x)
+        self._output_dtype = outputs[0].dtype
+        return [y.float().cpu() for y in outputs]
 
     def _profile_impl(self, batch: torch.Tensor, passes: int) -> LayerProfile:
         from torch.profiler import ProfilerActivity, profile
@@ -90,9 +170,9 @@ class TorchRunner(Runner):
                 self._synchronize()
         # Top-level ops only (no parent op): their totals include their own children, so nothing
         # is counted twice and each layer appears once (conv2d, not also its mkldnn kernel).
-        device_time = "device_time_total" if len(activities) > 1 else None
+        use_device_time = len(activities) > 1
         events = [
-            (e.name, getattr(e, device_time) if device_time else e.cpu_time_total)
+            (e.name, e.device_time_total if use_device_time else e.cpu_time_total)
             for e in prof.events()
             if e.cpu_parent is None and e.name.startswith("aten::") and e.name not in _NOT_LAYERS
         ]
@@ -105,11 +185,41 @@ class TorchRunner(Runner):
             torch.mlu.synchronize(self._device)  # type: ignore[attr-defined]
 
     def evidence(self) -> dict[str, Any]:
-        return {
+        graph = {
+            "eager": "nn.Module (eager)",
+            "fused": "torch.jit.trace+freeze" if self.compiler == "trace" else "torch.compile",
+            "offline": f"{self.offline_format} file loaded back",
+        }[self.mode]
+        facts: dict[str, Any] = {
             "backend.device_resolved": str(self._device),
             "backend.compute_dtype": str(self._dtype).removeprefix("torch."),
             "backend.threads_used": torch.get_num_threads(),
+            "backend.graph": graph,
+            "backend.runs_type": type(self._module).__name__,
         }
+        if self._output_dtype is not None:
+            facts["backend.output_dtype"] = str(self._output_dtype).removeprefix("torch.")
+        if self.artifact is not None:
+            facts["backend.artifact"] = self.artifact.name
+            facts["backend.artifact_bytes"] = self.artifact.stat().st_size
+        return facts
+
+
+def _trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    with torch.no_grad(), warnings.catch_warnings():
+        # The model returns a list of per-level maps whose structure never changes.
+        warnings.filterwarnings("ignore", message="Encountering a list at the output of the tracer")
+        traced = torch.jit.trace(model, example, check_trace=False, strict=False)
+    return torch.jit.freeze(traced)
+
+
+def _fuse(model: nn.Module, example: torch.Tensor, compiler: str) -> Any:
+    if compiler == "trace":
+        return _trace(model, example)
+    compiled = torch.compile(model)
+    with torch.inference_mode():
+        compiled(example)  # compile now, not inside the first timed batch
+    return compiled
 
 
 def _acquire_device(name: str) -> torch.device:
@@ -123,7 +233,7 @@ def _acquire_device(name: str) -> torch.device:
         except ImportError as exc:
             raise BackendError(
                 "backend.device=mlu needs Cambricon's torch_mlu 2.x, which is not installed here "
-                f"(torch {torch.__version__}); for the legacy MLU270/220 SDK use backend=mlu_legacy"
+                f"(torch {torch.__version__})"
             ) from exc
         return torch.device("mlu")
     return torch.device("cpu")

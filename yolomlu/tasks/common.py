@@ -21,11 +21,13 @@ from yolomlu.data.categories import COCO80_NAMES
 from yolomlu.data.coco import CocoDataset
 from yolomlu.data.synthetic import dataset_stats, ensure_shapes
 from yolomlu.evaluate.pipeline import DetectHead, NmsSettings
-from yolomlu.model import build_yolov5, fuse_conv_bn
+from yolomlu.model import build_yolov5
 from yolomlu.model.checkpoint import load_weights
 from yolomlu.tracking import TrackingSettings, default_tracking_uri
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# model.weights=demo: the checkpoint trained on the synthetic set, shipped as package data.
+DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "demo_yolov5n_v5.pt"
 
 # Keys that say where a job is recorded or cached, not what it computes.
 _NON_SEMANTIC_KEYS = ("tracking", "paths", "sweep", "baseline")
@@ -60,13 +62,13 @@ class LoadedModel:
 
 
 def build_model(cfg: DictConfig) -> LoadedModel:
-    """Build ``cfg.model``, load its weights if given, apply ``cfg.transforms``; eval mode."""
+    """Build ``cfg.model`` and load its weights if given; eval mode, no transforms yet."""
     m = cfg.model
     model = build_yolov5(m.arch, m.depth_multiple, m.width_multiple, nc=m.nc)
     names: list[str] | None = list(m.names) if m.names is not None else None
     weights = None
     if m.weights:
-        weights = str(Path(m.weights).expanduser().resolve())
+        weights = str(DEMO_WEIGHTS if m.weights == "demo" else Path(m.weights).expanduser().resolve())
         info = load_weights(model, weights)
         names = names or info.names
     if names is None:
@@ -74,9 +76,49 @@ def build_model(cfg: DictConfig) -> LoadedModel:
     if len(names) != m.nc:
         raise ValueError(f"model.names has {len(names)} names but model.nc is {m.nc}")
     model.eval()
-    if cfg.transforms.fuse:
-        fuse_conv_bn(model)
     return LoadedModel(model=model, names=names, trained=weights is not None, weights=weights)
+
+
+def build_transformed(cfg: DictConfig) -> LoadedModel:
+    """:func:`build_model`, then ``cfg.transforms`` applied (no equivalence check)."""
+    from yolomlu.transforms import apply_transforms
+
+    loaded = build_model(cfg)
+    require_effect(apply_transforms(loaded.model, transform_names(cfg), None), cfg)
+    return loaded
+
+
+def require_effect(reports: list, cfg: DictConfig) -> None:
+    """Refuse a rewrite that was asked for but found nothing to rewrite: the variant would be
+    logged as something it is not."""
+    for report in reports:
+        if report.replaced == 0 and report.name != "fuse":
+            raise ValueError(
+                f"transforms.{report.name}=true but model {cfg.model.name} (arch {cfg.model.arch}) has nothing to "
+                f"rewrite; v6 models already have a 6x6 stem conv and SPPF"
+            )
+
+
+TRANSFORM_ORDER = ("focus_to_conv", "spp_to_sppf", "fuse")
+
+
+def transform_names(cfg: DictConfig) -> list[str]:
+    """The transforms switched on in ``cfg.transforms``, in the order they must run."""
+    unknown = set(cfg.transforms) - set(TRANSFORM_ORDER)
+    if unknown:
+        raise ValueError(f"unknown transforms {sorted(unknown)}; known: {list(TRANSFORM_ORDER)}")
+    return [name for name in TRANSFORM_ORDER if cfg.transforms.get(name)]
+
+
+def variant_name(cfg: DictConfig) -> str:
+    """The experiments preset this job runs (as chosen on the command line), else its run name."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        preset = HydraConfig.get().runtime.choices.get("experiments")
+        if preset:
+            return str(preset)
+    return run_name(cfg)
 
 
 def detect_head(model: torch.nn.Module) -> DetectHead:
@@ -120,8 +162,10 @@ def describe_dataset(dataset: CocoDataset) -> dict[str, Any]:
 
 # -- backend -----------------------------------------------------------------------------------
 def make_runner(cfg: DictConfig, model: torch.nn.Module) -> Runner:
-    """The runner named by ``backend.name``, given the other backend keys as settings."""
+    """The runner named by ``backend.name``, given the other backend keys as settings (plus where
+    to write files and the input size)."""
     settings = {k: v for k, v in to_plain(cfg.backend).items() if k != "name"}
+    settings.update(work_dir=str(Path(cfg.paths.cache_dir) / "exports"), img_size=cfg.img_size)
     cls = runner_class(cfg.backend.name)
     try:
         return cls(model, **settings)
@@ -229,6 +273,9 @@ def validate_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{key}={value!r} must be a positive integer")
+    if not isinstance(cfg.eval.parity_images, int) or cfg.eval.parity_images < 0:
+        raise ValueError(f"eval.parity_images={cfg.eval.parity_images!r} must be a non-negative integer")
+    transform_names(cfg)
     if not isinstance(cfg.bench.warmup, int) or cfg.bench.warmup < 0:
         raise ValueError(f"bench.warmup={cfg.bench.warmup!r} must be a non-negative integer")
     # Constructing a runner is cheap and checks every backend setting.

@@ -21,7 +21,7 @@ from yolomlu.types import Detections
 def detect(cfg: DictConfig) -> dict[str, int]:
     if cfg.source is None:
         raise ValueError("task=detect needs source=<image file or folder>")
-    loaded = common.build_model(cfg)
+    loaded = common.build_transformed(cfg)
     if not loaded.trained:
         print("[yolomlu] warning: model.weights is not set; boxes come from random weights", file=common.log_stream())
     head = common.detect_head(loaded.model)

@@ -9,7 +9,7 @@ from yolomlu.tasks import common
 
 
 def info(cfg: DictConfig) -> dict[str, float]:
-    loaded = common.build_model(cfg)
+    loaded = common.build_transformed(cfg)
     summary = summarize(loaded.model, img_size=cfg.img_size)
     fused = "fused" if cfg.transforms.fuse else "unfused"
     print(f"{cfg.model.name} ({fused}, {cfg.img_size}x{cfg.img_size}): {format_summary(summary)}", file=common.log_stream())
