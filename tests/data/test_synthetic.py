@@ -180,3 +180,14 @@ def test_boxes_tight_and_objects_visible():
             assert obj["visible"] >= synthetic.MIN_VISIBLE
             seen += 1
     assert seen >= 12
+
+
+def test_stats_of_a_subset_count_only_its_images(tmp_path) -> None:
+    from yolomlu.data.coco import CocoDataset
+    from yolomlu.data.synthetic import dataset_stats, ensure_shapes
+
+    dataset = CocoDataset.from_root(ensure_shapes(tmp_path, n_images=6, img_size=128, seed=3))
+    part = dataset.subset(2)
+    stats = dataset_stats(part.ann_file, image_ids=part.image_ids)
+    assert stats["n_images"] == 2
+    assert stats["n_objects"] == sum(len(part.annotations(i)) for i in part.image_ids)

@@ -30,6 +30,7 @@ import re
 import shutil
 import tempfile
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -383,8 +384,9 @@ def ensure_shapes(cache_dir: Path, n_images: int, img_size: int = 320, seed: int
     return final
 
 
-def dataset_stats(ann_file: Path) -> dict[str, float]:
-    """Flat numeric summary of a COCO instances file, ready to log as metrics/params.
+def dataset_stats(ann_file: Path, image_ids: Iterable[int] | None = None) -> dict[str, float]:
+    """Flat numeric summary of a COCO instances file (or of the images ``image_ids`` in it, the
+    part a job evaluates), ready to log as metrics/params.
 
     Keys: n_images, n_objects, objects_per_image_min/_mean/_max, frac_small, frac_medium, frac_large
     (by the ``area`` field and COCO's ranges: < 32^2, 32^2..96^2, > 96^2), and count_<category name>
@@ -395,10 +397,13 @@ def dataset_stats(ann_file: Path) -> dict[str, float]:
         data = json.loads(ann_file.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read annotation file {ann_file}: {e}") from e
-    per_image = {img["id"]: 0 for img in data["images"]}
+    keep = None if image_ids is None else set(image_ids)
+    per_image = {img["id"]: 0 for img in data["images"] if keep is None or img["id"] in keep}
     areas = []
     per_cat = {c["id"]: 0 for c in data["categories"]}
     for a in data["annotations"]:
+        if a["image_id"] not in per_image:
+            continue
         per_image[a["image_id"]] += 1
         per_cat[a["category_id"]] += 1
         areas.append(float(a.get("area", a["bbox"][2] * a["bbox"][3])))

@@ -13,8 +13,9 @@ def _tasks() -> dict[str, Callable[[DictConfig], Any]]:
     from yolomlu.tasks.evaluate import evaluate
     from yolomlu.tasks.info import info
     from yolomlu.tasks.records import import_task
+    from yolomlu.tasks.report import report_task
 
-    return {"evaluate": evaluate, "detect": detect, "info": info, "import": import_task}
+    return {"evaluate": evaluate, "detect": detect, "info": info, "import": import_task, "report": report_task}
 
 
 def run_task(cfg: DictConfig) -> Any:

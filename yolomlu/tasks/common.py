@@ -157,7 +157,7 @@ def load_dataset(cfg: DictConfig) -> CocoDataset:
 
 
 def describe_dataset(dataset: CocoDataset) -> dict[str, Any]:
-    return dataset_stats(dataset.ann_file)
+    return dataset_stats(dataset.ann_file, image_ids=dataset.image_ids)
 
 
 # -- backend -----------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ def log_stream() -> Any:
 
 
 # -- validation --------------------------------------------------------------------------------
-TASKS = ("evaluate", "detect", "info", "import")
+TASKS = ("evaluate", "detect", "info", "import", "report")
 ARCHS = ("v5", "v6")
 DATASETS = ("shapes", "coco")
 

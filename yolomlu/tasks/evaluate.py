@@ -32,7 +32,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if parent and not cfg.sweep.rerun:
         previous = find_finished_run(settings, digest)
         if previous:
-            reuse_run(settings, previous, name, parent_run_id=parent)
+            # The job's own marks win over the copied ones: config_hash ignores them.
+            own = {"baseline": str(cfg.baseline).lower(), "variant": common.variant_name(cfg)}
+            reuse_run(settings, previous, name, parent_run_id=parent, tags=own)
             print(f"[yolomlu] {name}: reused run {previous} (same config_hash {digest}; sweep.rerun=true measures again)", file=common.log_stream())
             return {}
     tags = {

@@ -1,5 +1,6 @@
 """Experiment tracking. The only package that imports mlflow."""
 
+from yolomlu.tracking.query import fetch_runs, latest_sweep, load_table_artifact, log_report
 from yolomlu.tracking.store import (
     RunLogger,
     TrackingSettings,
@@ -20,10 +21,14 @@ __all__ = [
     "child_runs",
     "default_tracking_uri",
     "ensure_experiment",
+    "fetch_runs",
     "find_finished_run",
     "flatten_params",
     "import_records",
     "job_run",
+    "latest_sweep",
+    "load_table_artifact",
+    "log_report",
     "reuse_run",
     "start_run",
 ]

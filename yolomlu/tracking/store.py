@@ -226,14 +226,20 @@ def find_finished_run(settings: TrackingSettings, config_hash: str) -> str | Non
 
 
 def reuse_run(
-    settings: TrackingSettings, source_run_id: str, run_name: str, parent_run_id: str | None = None
+    settings: TrackingSettings,
+    source_run_id: str,
+    run_name: str,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, Any] | None = None,
 ) -> str:
-    """A new FINISHED run that carries ``source_run_id``'s params, metrics and tags, tagged
-    ``reused_from`` so nobody mistakes it for a fresh measurement; returns its id."""
+    """A new FINISHED run that carries ``source_run_id``'s params, metrics and tags (``tags``
+    override them), tagged ``reused_from`` so nobody mistakes it for a fresh measurement."""
     client = _client(settings.uri)
     source = client.get_run(source_run_id)
-    tags = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")}
-    tags.update(reused_from=source_run_id, reused_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    own = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")}
+    own.update({k: str(v) for k, v in (tags or {}).items()})
+    own.update(reused_from=source_run_id, reused_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    tags = own
     logger = start_run(settings, run_name, tags, parent_run_id)
     logger.log_params(source.data.params)
     logger.log_metrics(source.data.metrics)

@@ -1,0 +1,102 @@
+"""A sweep's runs -> comparison table, figures, HTML and Markdown report, logged to the sweep's parent."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from yolomlu.report.compare import comparison_table
+from yolomlu.report.plots import pareto_plot, per_class_plot, profile_plots
+from yolomlu.report.render import CSV_NAME, figure_filename, write_report
+from yolomlu.tracking import TrackingSettings, fetch_runs, latest_sweep, load_table_artifact, log_report
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+PER_CLASS_ARTIFACT = "per_class_ap.json"
+PROFILE_ARTIFACT = "layer_profile.json"
+PARETO_TITLE = "Pareto plot: map50_95 against fps"
+PER_CLASS_TITLE = "Per-class AP"
+PROFILE_TITLE = "Layer profiles"
+
+
+@dataclass
+class ReportResult:
+    table: pd.DataFrame  # comparison_table of the runs
+    html: Path
+    md: Path
+    parent_run_id: str | None = None  # where the report was logged (None: all runs of the experiment)
+    notes: list[str] = field(default_factory=list)
+
+
+def select_runs(settings: TrackingSettings, parent_run_id: str | None) -> tuple[pd.DataFrame, str | None, str]:
+    """The runs a report covers: the children of ``parent_run_id``, else of the newest sweep,
+    else (no sweep at all) every run of the experiment. Returns (runs, parent id, what was chosen)."""
+    parent = parent_run_id or latest_sweep(settings)
+    if parent:
+        how = "given" if parent_run_id else "the newest sweep"
+        return fetch_runs(settings, parent_run_id=parent), parent, f"children of sweep run {parent} ({how})"
+    runs = fetch_runs(settings, experiment=settings.experiment)
+    return runs, None, f"all runs of experiment {settings.experiment!r} (it has no sweep run)"
+
+
+def load_tables(settings: TrackingSettings, table: pd.DataFrame, artifact: str) -> dict[str, pd.DataFrame]:
+    """``artifact`` of each finished run, keyed by variant (a duplicate variant name gets its run id).
+
+    A reused run carries metrics but no artifacts, so its table is read from ``reused_from``.
+    """
+    tables: dict[str, pd.DataFrame] = {}
+    for _, row in table[table["status"] == "FINISHED"].iterrows():
+        frame = load_table_artifact(settings, row["run_id"], artifact)
+        if frame is None and row["reused_from"]:
+            frame = load_table_artifact(settings, row["reused_from"], artifact)
+        if frame is None or frame.empty:
+            continue
+        name = f"{row['variant']}†" if row["reused"] else str(row["variant"])
+        if name in tables:
+            name = f"{name} ({row['run_id'][:8]})"
+        tables[name] = frame
+    return tables
+
+
+def build_figures(
+    table: pd.DataFrame, per_class: dict[str, pd.DataFrame], profiles: dict[str, pd.DataFrame]
+) -> dict[str, Figure]:
+    """Section title -> Figure, leaving out what no run logged."""
+    figures = {}
+    if (table["status"].eq("FINISHED") & table["fps"].notna()).any():
+        figures[PARETO_TITLE] = pareto_plot(table)
+    if per_class:
+        figures[PER_CLASS_TITLE] = per_class_plot(per_class)
+    if profiles:
+        figures[PROFILE_TITLE] = profile_plots(profiles)
+    return figures
+
+
+def build_report(settings: TrackingSettings, parent_run_id: str | None, out_dir: Path) -> ReportResult:
+    """Read a sweep's runs, compare them, write ``report.html`` and ``report.md`` (with PNGs and
+    ``comparison.csv``) into ``out_dir``, and log those files to the parent run under ``report/``.
+
+    ``parent_run_id`` None: the newest sweep in ``settings.experiment``; with no sweep at all, every
+    run of the experiment (then nothing is logged: there is no parent to log to).
+    """
+    runs, parent, chosen = select_runs(settings, parent_run_id)
+    table = comparison_table(runs)
+    per_class = load_tables(settings, table, PER_CLASS_ARTIFACT)
+    profiles = load_tables(settings, table, PROFILE_ARTIFACT)
+    figures = build_figures(table, per_class, profiles)
+
+    notes = [f"Runs: {chosen}, store {settings.uri}; written {time.strftime('%Y-%m-%d %H:%M:%S')}."]
+    notes += table.attrs.get("notes", [])
+    if not profiles and len(table):
+        notes.append(f"no run logged {PROFILE_ARTIFACT}: no layer-profile charts")
+    title = f"yolomlu comparison — {settings.experiment}" + (f" / sweep {parent[:8]}" if parent else "")
+    html_path, md_path = write_report(table, figures, Path(out_dir), title, notes)
+    if parent:
+        files = [html_path, md_path, html_path.parent / CSV_NAME] + [html_path.parent / figure_filename(t) for t in figures]
+        log_report(settings, parent, files)
+    return ReportResult(table=table, html=html_path, md=md_path, parent_run_id=parent, notes=notes)

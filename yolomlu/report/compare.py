@@ -1,0 +1,162 @@
+"""Runs -> the comparison table: one row per variant, with deltas and speed-ups against the baseline.
+
+Pure pandas on the frame ``mlflow.search_runs`` (or :func:`yolomlu.tracking.fetch_runs`) returns;
+no store access, so it is tested with hand-built frames.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+ACCURACY_METRICS = (
+    "map50_95", "map50", "map75", "map_small", "map_medium", "map_large",
+    "ar1", "ar10", "ar100", "ar_small", "ar_medium", "ar_large",
+)  # fmt: skip
+SPEED_METRICS = ("fps", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "pre_ms", "infer_ms", "post_ms", "e2e_fps")
+MEMORY_METRICS = ("peak_rss_mb", "gpu_mem_mb")
+MODEL_METRICS = ("params", "gflops", "layers", "model_mb")
+FIDELITY_METRICS = ("parity_max_abs",)
+DERIVED = ("delta_map50_95", "speedup_fps", "speedup_latency")
+
+# Column order of the table. Every column is always present (NaN where a run did not log it), so
+# the table has one shape whatever the sweep measured; renderers drop the empty ones.
+COLUMNS = (
+    ("run_id", "variant", "status", "baseline", "reused", "reused_from", "accuracy", "batch_size", "img_size")
+    + ACCURACY_METRICS
+    + ("delta_map50_95",)
+    + SPEED_METRICS
+    + ("speedup_fps", "speedup_latency")
+    + MEMORY_METRICS
+    + MODEL_METRICS
+    + FIDELITY_METRICS
+    + ("error",)
+)
+
+
+def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run of ``runs`` (sweep parents, tagged ``sweep=true``, are left out).
+
+    Columns (see ``COLUMNS``): ``variant`` (tag ``variant``, else the run name), ``status``,
+    ``baseline`` (True for the one run the deltas refer to), ``reused`` (the result was carried
+    over from ``reused_from`` instead of measured by this run), ``accuracy`` (the run's tag; without
+    one, "measured" if it logged ``map50_95``, else "off"), ``batch_size`` and ``img_size`` (the
+    conditions fps and latency were measured under), the metrics as logged, and:
+
+    - ``delta_map50_95`` = map50_95 - the baseline's map50_95;
+    - ``speedup_fps`` = fps / the baseline's fps (>1: more images per second);
+    - ``speedup_latency`` = the baseline's latency_ms_p50 / latency_ms_p50 (>1: a batch takes less
+      time; latency is per batch, so across batch sizes this is not a throughput ratio, fps is).
+
+    The baseline is the FINISHED run tagged ``baseline=true`` (several: the first measured, not
+    reused, one). Without one the derived columns are NaN. FAILED and KILLED runs are kept, with
+    their ``error``. Rows: the baseline first, then in start order. Remarks a reader needs (no
+    baseline, several baselines, a baseline without accuracy) are in ``table.attrs["notes"]``.
+    """
+    notes: list[str] = []
+    if "tags.sweep" in runs.columns:
+        runs = runs[runs["tags.sweep"].fillna("") != "true"]
+    if runs.empty:
+        table = pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in COLUMNS})
+        table.attrs["notes"] = ["no runs to compare"]
+        return table
+    if "start_time" in runs.columns:
+        runs = runs.sort_values("start_time", kind="stable")
+    runs = runs.reset_index(drop=True)
+
+    def tag(key: str) -> pd.Series:
+        return _column(runs, f"tags.{key}", None)
+
+    def metric(key: str) -> pd.Series:
+        return pd.to_numeric(_column(runs, f"metrics.{key}", math.nan), errors="coerce").astype("float64")
+
+    table = pd.DataFrame(index=runs.index)
+    table["run_id"] = runs["run_id"].astype(str)
+    table["variant"] = tag("variant").fillna(tag("mlflow.runName")).fillna(table["run_id"].str[:8]).astype(str)
+    table["status"] = runs["status"].astype(str)
+    reused_from = tag("reused_from").fillna("").astype(str)
+    table["reused"] = reused_from != ""
+    table["reused_from"] = reused_from
+    maps = metric("map50_95")
+    accuracy = tag("accuracy")
+    table["accuracy"] = accuracy.where(accuracy.notna(), maps.notna().map({True: "measured", False: "off"})).astype(str)
+    table["batch_size"] = _first_number(runs, ("params.bench.batch_size", "tags.bench.batch_size"))
+    table["img_size"] = _first_number(runs, ("params.img_size", "tags.img_size"))
+    for key in ACCURACY_METRICS + SPEED_METRICS + MEMORY_METRICS + MODEL_METRICS + FIDELITY_METRICS:
+        table[key] = metric(key)
+    table["error"] = tag("error").fillna("").astype(str)
+
+    reference = _choose_baseline(table, tag("baseline").fillna("").str.lower() == "true", notes)
+    table["baseline"] = table.index == reference if reference is not None else False
+    if reference is None:
+        for key in DERIVED:
+            table[key] = math.nan
+    else:
+        base = table.loc[reference]
+        if math.isnan(base["map50_95"]):
+            notes.append(
+                f"the baseline {base['variant']} has no map50_95 (accuracy: {base['accuracy']}): delta_map50_95 is blank"
+            )
+        table["delta_map50_95"] = table["map50_95"] - base["map50_95"]
+        table["speedup_fps"] = table["fps"] / base["fps"]
+        table["speedup_latency"] = base["latency_ms_p50"] / table["latency_ms_p50"]
+
+    # Baseline first, then the sweep's order.
+    order = sorted(table.index, key=lambda i: (not table.at[i, "baseline"], i))
+    table = table.loc[order, list(COLUMNS)].reset_index(drop=True)
+    table["baseline"] = table["baseline"].astype(bool)
+    failed = table[~table["status"].isin(["FINISHED", "RUNNING"])]
+    if len(failed):
+        notes.append(f"{len(failed)} of {len(table)} runs did not finish: {', '.join(failed['variant'])}")
+    if table["reused"].any():
+        n = int(table["reused"].sum())
+        were = "results were" if n > 1 else "result was"
+        notes.append(f"{n} {were} reused from earlier runs with the same config_hash, not measured again")
+    table.attrs["notes"] = notes
+    return table
+
+
+def _choose_baseline(table: pd.DataFrame, tagged: pd.Series, notes: list[str]) -> int | None:
+    """Index of the reference run among those tagged baseline=true, or None (with a note)."""
+    candidates = table[tagged & (table["status"] == "FINISHED")]
+    if candidates.empty:
+        failed = table[tagged]
+        if len(failed):
+            row = failed.iloc[0]
+            notes.append(
+                f"the baseline {row['variant']} did not finish ({row['status']}: {row['error']}): no deltas or speed-ups"
+            )
+        else:
+            notes.append("no baseline run (tag baseline=true) among these runs: no deltas or speed-ups")
+        return None
+    # A fresh measurement beats a reused one; then the earliest (the frame is in start order).
+    chosen = candidates.sort_values("reused", kind="stable").index[0]
+    if len(candidates) > 1:
+        notes.append(
+            f"{len(candidates)} runs are tagged baseline=true; deltas and speed-ups use "
+            f"{table.at[chosen, 'variant']} ({table.at[chosen, 'run_id']})"
+        )
+    return int(chosen)
+
+
+def _column(runs: pd.DataFrame, name: str, missing) -> pd.Series:
+    if name in runs.columns:
+        return runs[name]
+    return pd.Series([missing] * len(runs), index=runs.index, dtype="float64" if missing is not None else "object")
+
+
+def _first_number(runs: pd.DataFrame, names: tuple[str, ...]) -> pd.Series:
+    """The first of ``names`` that a run has, as a number (NaN if none)."""
+    values = pd.Series(math.nan, index=runs.index, dtype="float64")
+    for name in names:
+        values = values.fillna(pd.to_numeric(_column(runs, name, None), errors="coerce").astype("float64"))
+    return values
+
+
+def _dtype(column: str) -> str:
+    if column in ("baseline", "reused"):
+        return "bool"
+    if column in ("run_id", "variant", "status", "reused_from", "accuracy", "error"):
+        return "object"
+    return "float64"

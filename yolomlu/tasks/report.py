@@ -1,0 +1,25 @@
+"""task=report: a sweep's runs -> comparison table and HTML/Markdown report, logged to the sweep's run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from yolomlu.tasks import common
+
+
+def report_task(cfg: DictConfig) -> dict[str, str | int]:
+    """Report on ``cfg.report.parent`` (null: the newest sweep) into ``cfg.report.out_dir``; print
+    the comparison table and the report's path; return the paths and the number of runs."""
+    from yolomlu.report import build_report, format_table
+
+    settings = common.tracking_settings(cfg)
+    result = build_report(settings, cfg.report.parent, Path(cfg.report.out_dir).expanduser())
+    out = common.log_stream()
+    for note in result.notes:
+        print(f"[yolomlu] {note}", file=out)
+    print(format_table(result.table).to_string(index=False), file=out)
+    print(f"[yolomlu] report: {result.html.resolve()}", file=out)
+    print(f"[yolomlu] markdown: {result.md.resolve()}", file=out)
+    return {"html": str(result.html), "md": str(result.md), "runs": len(result.table)}
