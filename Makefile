@@ -21,10 +21,10 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,onnx]"
 	@touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install yolomlu (editable) with its dev tools
+setup: $(STAMP) ## create .venv and install yolomlu (editable) with its dev tools and ONNX Runtime
 
 run: $(STAMP) ## the main job: the study's CPU variants on the demo model, one at a time, then the report
 	$(PY) -m yolomlu experiments/sweep=study_cpu $(ARGS)

@@ -13,6 +13,8 @@ from yolomlu.backends.base import BackendError, Runner
 # name -> "module:Class"; the only place that knows which backends exist.
 _REGISTRY = {
     "torch": "yolomlu.backends.torch_runner:TorchRunner",
+    "mlu_legacy": "yolomlu.backends.mlu_legacy.runner:MluLegacyRunner",
+    "onnxruntime": "yolomlu.backends.onnxruntime_runner:OrtRunner",
 }
 
 

@@ -29,9 +29,18 @@ class Runner(abc.ABC):
     """
 
     name: ClassVar[str]
+    # True where the backend quantizes the float model by itself from the job's quant config (then
+    # the job hands it calibration batches instead of emulating int8 in torch).
+    quantizes_itself: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.is_active = False
+        # Set by backends whose device does decode + NMS: how to read their detection buffer.
+        self.detection_buffer = None
+
+    def set_calibration(self, batches) -> None:
+        """Preprocessed images (float32 [b, 3, H, W] in 0..1) for a backend that quantizes itself."""
+        raise BackendError(f"the {self.name} backend does not quantize by itself")
 
     # -- lifecycle ---------------------------------------------------------------------------
     def activate(self) -> "Runner":

@@ -30,6 +30,13 @@ _LAYER_TYPES = {
     "view": "RESHAPE", "reshape": "RESHAPE", "flatten": "RESHAPE", "permute": "TRANSPOSE",
     "transpose": "TRANSPOSE", "contiguous": "COPY", "clone": "COPY", "copy_": "COPY", "to": "CAST",
     "_to_copy": "CAST", "quantizelinear": "QUANTIZE", "dequantizelinear": "DEQUANTIZE",
+    # ONNX Runtime's fused and quantized kernels (op_name in its profile)
+    "qlinearsigmoid": "ACTIVE", "quickgelu": "ACTIVE", "qlinearleakyrelu": "ACTIVE", "qlinearmul": "MULT",
+    "qlinearadd": "ADD", "qlinearconcat": "CONCAT", "nhwcmaxpool": "MAXPOOL", "qlinearmaxpool": "MAXPOOL",
+    "dynamicquantizelinear": "QUANTIZE", "reorderinput": "TRANSPOSE", "reorderoutput": "TRANSPOSE",
+    "identity": "COPY", "cast": "CAST",
+    # ORT rewrites the Focus stem's strided slices + concat into SpaceToDepth + a channel Gather
+    "spacetodepth": "STRIDEDSLICE", "gather": "STRIDEDSLICE",
 }  # fmt: skip
 
 

@@ -143,7 +143,7 @@ class TorchRunner(Runner):
         return torch.export.load(str(path)).module()
 
     def _fingerprint(self, model: nn.Module) -> str:
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(repr(model).encode())  # the module tree: SPP->SPPF changes no weights
         for key, tensor in model.state_dict().items():
             digest.update(key.encode())
             digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())

@@ -53,16 +53,27 @@ def preprocess(images: list[np.ndarray], img_size: int, stride: int = 32) -> tup
 
 
 def postprocess(
-    outputs: list[torch.Tensor], head: DetectHead, nms: NmsSettings, infos: list[LetterboxInfo]
+    outputs: list[torch.Tensor],
+    head: DetectHead,
+    nms: NmsSettings,
+    infos: list[LetterboxInfo],
+    buffer_format=None,
 ) -> list[Detections]:
-    """Raw per-level outputs [B, na*(5+nc), h, w] -> one :class:`Detections` per image."""
-    pred = decode_outputs(outputs, head.anchors_px, head.strides)
-    kept = non_max_suppression(
-        pred,
-        conf_thres=nms.conf_thres,
-        iou_thres=nms.iou_thres,
-        max_det=nms.max_det,
-        max_candidates=nms.max_candidates,
-        multi_label=nms.multi_label,
-    )
+    """Raw per-level outputs [B, na*(5+nc), h, w] -> one :class:`Detections` per image.
+
+    With ``buffer_format`` (a runner whose device already did decode + NMS, e.g. the MLU's
+    ``yolov5_detection_output``), ``outputs`` is that detection buffer and is only decoded.
+    """
+    if buffer_format is not None:
+        kept = buffer_format.decode(outputs[0], len(infos), max_det=nms.max_det)
+    else:
+        pred = decode_outputs(outputs, head.anchors_px, head.strides)
+        kept = non_max_suppression(
+            pred,
+            conf_thres=nms.conf_thres,
+            iou_thres=nms.iou_thres,
+            max_det=nms.max_det,
+            max_candidates=nms.max_candidates,
+            multi_label=nms.multi_label,
+        )
     return [to_detections(det, info) for det, info in zip(kept, infos)]

@@ -30,7 +30,7 @@ def predict_dataset(
             chunk = ids[start : start + batch_size]
             x, infos = preprocess([dataset.load_image(i) for i in chunk], img_size)
             outputs = runner.infer(x)
-            for image_id, det in zip(chunk, postprocess(outputs, head, nms, infos)):
+            for image_id, det in zip(chunk, postprocess(outputs, head, nms, infos, runner.detection_buffer)):
                 predictions[image_id] = det
             bar.update(len(chunk))
     return predictions

@@ -47,7 +47,7 @@ def benchmark(
     for i in range(warmup):
         x, infos = preprocess(batch_at(i), img_size)
         outputs, _ = runner.timed_infer(x)
-        postprocess(outputs, head, nms, infos)
+        postprocess(outputs, head, nms, infos, runner.detection_buffer)
 
     pre, infer, post = [], [], []
     for i in tqdm(range(iterations), desc=f"benchmark bs{batch_size}", disable=not progress, leave=False):
@@ -57,7 +57,7 @@ def benchmark(
         outputs, seconds = runner.timed_infer(x)
         infer.append(seconds)
         t0 = time.perf_counter()
-        postprocess(outputs, head, nms, infos)
+        postprocess(outputs, head, nms, infos, runner.detection_buffer)
         post.append(time.perf_counter() - t0)
 
     infer_ms = np.asarray(infer) * 1000.0

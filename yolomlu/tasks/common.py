@@ -194,10 +194,8 @@ def run_name(cfg: DictConfig) -> str:
     if cfg.tracking.run_name:
         return str(cfg.tracking.run_name)
     b = cfg.backend
-    precision = "half" if b.get("half") else "fp32"
+    precision = cfg.quant.name if cfg.quant.name != "none" else "half" if b.get("half") else "fp32"
     parts = [cfg.model.name, b.name, b.get("device", ""), b.get("mode", ""), precision]
-    if cfg.quant.name != "none":
-        parts.append(cfg.quant.name)
     parts += [f"bs{cfg.bench.batch_size}", str(cfg.img_size)]
     return "-".join(p for p in parts if p)
 
@@ -278,5 +276,8 @@ def validate_config(cfg: DictConfig) -> None:
     transform_names(cfg)
     if not isinstance(cfg.bench.warmup, int) or cfg.bench.warmup < 0:
         raise ValueError(f"bench.warmup={cfg.bench.warmup!r} must be a non-negative integer")
+    from yolomlu.tasks.quant_stage import settings_of
+
+    settings_of(cfg)  # every quant key and value
     # Constructing a runner is cheap and checks every backend setting.
     make_runner(cfg, torch.nn.Identity())

@@ -13,11 +13,13 @@ from omegaconf import DictConfig
 from yolomlu.data.categories import category_ids_for_model
 from yolomlu.evaluate.coco_eval import evaluate_coco
 from yolomlu.evaluate.layer_profile import profile_figure, profile_frame
-from yolomlu.evaluate.pipeline import preprocess
+from yolomlu.backends import runner_class
+from yolomlu.evaluate.parity import box_agreement, max_abs_difference
+from yolomlu.evaluate.pipeline import postprocess, preprocess
 from yolomlu.evaluate.predict import predict_dataset
 from yolomlu.evaluate.speed import benchmark
 from yolomlu.model.summary import summarize
-from yolomlu.tasks import common
+from yolomlu.tasks import common, quant_stage
 from yolomlu.tasks.sweep import parent_run_id
 from yolomlu.tracking import find_finished_run, flatten_params, job_run, reuse_run
 from yolomlu.transforms import apply_transforms
@@ -66,7 +68,7 @@ def _run_job(cfg: DictConfig, run) -> dict[str, float]:
 
     # Real images for the equivalence checks; the untransformed fp32 eager model is the reference.
     n_check = min(cfg.eval.parity_images, len(dataset))
-    check = preprocess([dataset.load_image(i) for i in dataset.image_ids[:n_check]], cfg.img_size)[0] if n_check else None
+    check, check_infos = preprocess([dataset.load_image(i) for i in dataset.image_ids[:n_check]], cfg.img_size) if n_check else (None, [])
     reference = _forward(loaded.model, check) if check is not None else None
 
     reports = apply_transforms(loaded.model, common.transform_names(cfg), check)
@@ -79,18 +81,27 @@ def _run_job(cfg: DictConfig, run) -> dict[str, float]:
     metrics.update(params=summary.params, gflops=summary.gflops, layers=summary.layers, model_mb=common.model_mb(loaded.model))
     head = common.detect_head(loaded.model)
 
-    with common.make_runner(cfg, loaded.model) as runner:
+    quant = quant_stage.settings_of(cfg)
+    runner_model, emulated, calibration = loaded.model, None, None
+    if quant.enabled and runner_class(cfg.backend.name).quantizes_itself:
+        calibration = quant_stage.calibration_batches(cfg, dataset, quant)
+    elif quant.enabled:
+        emulated = quant_stage.emulate(cfg, loaded.model, dataset, check, run, metrics)
+        runner_model = emulated.model
+
+    runner = common.make_runner(cfg, runner_model)
+    if calibration is not None:
+        runner.set_calibration(calibration)  # before activate: the backend quantizes while activating
+    with runner:
         if reference is not None:
-            outputs = runner.infer(check)
-            metrics["parity_max_abs"] = max(float((a - b).abs().max()) for a, b in zip(reference, outputs))
+            _parity(cfg, runner, reference, check, check_infos, head, metrics, run)
         if cfg.eval.enabled and not loaded.trained:
             # Random weights: any mAP would be noise. Say so instead of logging a number.
             run.set_tags({"accuracy": "not_measured", "accuracy_reason": "untrained (random) weights"})
         elif cfg.eval.enabled:
-            predictions = predict_dataset(runner, dataset, cfg.img_size, cfg.eval.batch_size, head, common.eval_nms(cfg))
-            result = evaluate_coco(dataset.ann_file, predictions, category_ids)
+            result = _accuracy(cfg, runner, dataset, head, category_ids)
             metrics.update(result.metrics, n_detections=result.n_detections)
-            run.set_tags({"accuracy": "measured", "eval_images": len(predictions)})
+            run.set_tags({"accuracy": "measured", "eval_images": len(dataset)})
             run.log_table(result.per_class, "per_class_ap.json")
             run.log_text(result.per_class.to_csv(index=False), "per_class_ap.csv")
             run.log_text(result.summary, "coco_eval.txt")
@@ -102,9 +113,11 @@ def _run_job(cfg: DictConfig, run) -> dict[str, float]:
         if b.enabled:
             stats = benchmark(runner, images, cfg.img_size, b.batch_size, b.warmup, b.iters, head, common.bench_nms(cfg))
             metrics.update(stats.metrics())
+            on_device = runner.detection_buffer is not None
             run.set_tags(
                 {
-                    "bench.nms_in_timing": "false (fps counts inference; e2e_fps adds pre-process and NMS)",
+                    "bench.nms_in_timing": "true (decode + NMS on the device)" if on_device
+                    else "false (fps counts inference; e2e_fps adds pre-process and NMS)",
                     "bench.batch_size": b.batch_size,
                     "bench.warmup": b.warmup,
                     "bench.iters": b.iters,
@@ -117,12 +130,42 @@ def _run_job(cfg: DictConfig, run) -> dict[str, float]:
             run.log_table(frame, "layer_profile.json")
             run.log_text(frame.to_csv(index=False), "layer_profile.csv")
             run.log_figure(profile_figure(frame, f"{common.variant_name(cfg)}: bs{b.batch_size}, {cfg.img_size}px"), "layer_profile.png")
-        run.set_tags(runner.evidence())
+        evidence = runner.evidence()
+        run.set_tags(evidence)
+        if "backend.quantized_nodes" in evidence:
+            metrics["quant_layers"] = float(evidence["backend.quantized_nodes"])
         if getattr(runner, "artifact", None) is not None:
             run.log_artifact(runner.artifact, "offline_model")
             metrics["artifact_mb"] = runner.artifact.stat().st_size / 2**20
+
+    if emulated is not None and emulated.fallback_layers and cfg.eval.enabled and loaded.trained:
+        # The k most sensitive layers back in float, same scales: how much mAP do they cost?
+        fallback = quant_stage.with_float_fallback(loaded.model, emulated)
+        with common.make_runner(cfg, fallback) as runner:
+            result = _accuracy(cfg, runner, dataset, head, category_ids)
+        metrics["fallback_map50_95"] = result.metrics["map50_95"]
+        metrics["fallback_recovered_map50_95"] = result.metrics["map50_95"] - metrics["map50_95"]
+        run.set_tags({"quant.fallback_layers": ",".join(emulated.fallback_layers)})
     run.log_metrics(metrics)
     return metrics
+
+
+def _accuracy(cfg: DictConfig, runner, dataset, head, category_ids):
+    predictions = predict_dataset(runner, dataset, cfg.img_size, cfg.eval.batch_size, head, common.eval_nms(cfg))
+    return evaluate_coco(dataset.ann_file, predictions, category_ids)
+
+
+def _parity(cfg, runner, reference, check, infos, head, metrics, run) -> None:
+    """How far the variant is from the fp32 eager reference on the same images: raw outputs
+    (``parity_max_abs``) and boxes after NMS at the speed-mode thresholds (``parity_box_agreement``)."""
+    nms = common.bench_nms(cfg)  # at eval's conf 0.001 the boxes are mostly noise
+    outputs = runner.infer(check)
+    if runner.detection_buffer is None:
+        metrics["parity_max_abs"] = max_abs_difference(reference, outputs)
+    ref_boxes = postprocess(reference, head, nms, infos)
+    got_boxes = postprocess(outputs, head, nms, infos, runner.detection_buffer)
+    metrics["parity_box_agreement"] = box_agreement(ref_boxes, got_boxes, iou=0.5)
+    run.set_tags({"parity.images": len(infos), "parity.conf_thres": nms.conf_thres, "parity.iou_thres": nms.iou_thres})
 
 
 @torch.no_grad()
@@ -133,6 +176,6 @@ def _forward(model: torch.nn.Module, batch: torch.Tensor) -> list[torch.Tensor]:
 def _print_metrics(name: str, metrics: dict[str, float]) -> None:
     out = common.log_stream()
     print(f"[yolomlu] {name}", file=out)
-    for key in ("map50_95", "map50", "fps", "latency_ms_p50", "e2e_fps", "peak_rss_mb", "parity_max_abs", "params", "gflops"):
+    for key in ("map50_95", "map50", "fps", "latency_ms_p50", "e2e_fps", "peak_rss_mb", "parity_max_abs", "parity_box_agreement", "quant_layers", "sqnr_mean_db", "params", "gflops"):
         if key in metrics:
             print(f"  {key:>16}: {metrics[key]:.4g}", file=out)

@@ -1,0 +1,62 @@
+"""Fixtures for the legacy-MLU backend tests: a tiny YOLOv5, the recording stand-in of torch_mlu, and a
+reader for the calls it records.
+
+The worker runs as a real subprocess (our Python, torch 2.x) with ``PYTHONPATH`` pointing at
+``standin/``, whose ``torch_mlu`` package is a RECORDING STAND-IN, not Cambricon's code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from yolomlu.model import build_yolov5
+
+STANDIN = Path(__file__).resolve().parent / "standin"
+IMG = 64  # tiny inputs: the whole worker run takes seconds
+
+# The quant group as the job hands it over (conf/quant/int8.yaml: the study's qconfig).
+INT8 = {
+    "name": "int8", "enabled": True, "dtype": "int8", "iteration": 1, "use_avg": False, "data_scale": 1.0,
+    "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "firstconv": False, "per_channel": False,
+    "scheme": "mlu270", "mixed_layer": [], "calib": {"images": 4, "batch_size": 2}, "fallback_topk": 0,
+}  # fmt: skip
+# What the worker must hand to quantize_dynamic_mlu as its qconfig dict for INT8.
+INT8_QCONFIG = {
+    "iteration": 1, "use_avg": False, "data_scale": 1.0, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+    "firstconv": False, "per_channel": False,
+}  # fmt: skip
+ANCHORS_18 = [10, 13, 16, 30, 33, 23, 30, 61, 62, 45, 59, 119, 116, 90, 156, 198, 373, 326]
+
+
+@pytest.fixture
+def tiny_model():
+    """A v5.0 YOLOv5 at n's depth and a quarter of l's width, 3 classes, eval mode."""
+    torch.manual_seed(0)
+    return build_yolov5("v5", 0.33, 0.25, nc=3).eval()
+
+
+@pytest.fixture
+def standin(tmp_path, monkeypatch):
+    """Route the worker's ``import torch_mlu`` to the recording stand-in; returns the record file."""
+    record = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("PYTHONPATH", str(STANDIN))
+    monkeypatch.setenv("YOLOMLU_STANDIN_RECORD", str(record))
+    monkeypatch.delenv("YOLOMLU_STANDIN_FAIL", raising=False)
+    return record
+
+
+def read_calls(record: Path) -> list[dict]:
+    return [json.loads(line) for line in record.read_text().splitlines()]
+
+
+def names(calls: list[dict]) -> list[str]:
+    return [c["call"] for c in calls]
+
+
+def python_cmd() -> list[str]:
+    return [sys.executable]

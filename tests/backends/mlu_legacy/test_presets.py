@@ -1,0 +1,73 @@
+"""conf/backend/mlu_legacy.yaml and the study's MLU presets (experiments/mlu_*.yaml) compose with the real
+config, validate, and reach the runner as the settings they name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from yolomlu.backends import BackendError
+from yolomlu.cli import CONFIG_DIR
+from yolomlu.tasks.common import make_runner, validate_config
+
+ROOT = CONFIG_DIR.parent
+MLU_PRESETS = sorted(p.stem for p in (ROOT / "experiments").glob("mlu_*.yaml"))
+EXPECTED = {  # preset -> (mode, batch size, focus_to_conv, tfu, half)
+    "mlu_layer_by_layer": ("eager", 1, False, False, False),
+    "mlu_fused": ("fused", 1, False, False, False),
+    "mlu_offline": ("offline", 1, False, False, False),
+    "mlu_batch16": ("fused", 16, False, False, False),
+    "mlu_focus_to_conv": ("fused", 16, True, False, False),
+    "mlu_tfu": ("fused", 16, True, True, False),
+    "mlu_half": ("fused", 16, True, True, True),
+}
+
+
+def test_every_study_step_has_a_preset() -> None:
+    assert MLU_PRESETS == sorted(EXPECTED)
+
+
+def test_backend_group_documents_every_key_and_composes(compose_cfg) -> None:
+    lines = (CONFIG_DIR / "backend" / "mlu_legacy.yaml").read_text().splitlines()
+    keys = [line.split(":")[0] for line in lines if line and not line.startswith((" ", "#"))]
+    undocumented = [line for line in lines if line and not line.startswith((" ", "#")) and "#" not in line and not line.startswith("name:")]
+    assert not undocumented, f"keys without a comment: {undocumented}"
+    cfg = compose_cfg(["backend=mlu_legacy"])
+    validate_config(cfg)  # constructing the runner checks every setting
+    runner = make_runner(cfg, torch.nn.Identity())
+    assert sorted(keys) == sorted(["name", *runner_settings()])
+    assert runner.quant.name == "none" and runner.batch_size == cfg.bench.batch_size
+    with pytest.raises(BackendError, match="backend.python is not set"):
+        runner.activate()
+
+
+def runner_settings() -> list[str]:
+    import inspect
+
+    from yolomlu.backends.mlu_legacy import MluLegacyRunner
+
+    params = inspect.signature(MluLegacyRunner).parameters
+    return [p for p in params if p not in ("model", "work_dir", "img_size")]
+
+
+@pytest.mark.parametrize("preset", MLU_PRESETS)
+def test_mlu_preset_composes_with_int8_and_names_its_command(compose_cfg, preset: str) -> None:
+    if not (CONFIG_DIR / "quant" / "int8.yaml").is_file():
+        pytest.skip("conf/quant/int8.yaml is not there yet")
+    text = (ROOT / "experiments" / f"{preset}.yaml").read_text()
+    assert text.startswith("# @package _global_")
+    assert f"python -m yolomlu experiments={preset} backend.python=" in text
+    assert "NOT RUN ON MLU HARDWARE" in text
+    cfg = compose_cfg([f"experiments={preset}"], tiny=False)
+    validate_config(cfg)
+    mode, batch, focus, tfu, half = EXPECTED[preset]
+    b = cfg.backend
+    assert (b.name, b.mode, b.batch_size, cfg.bench.batch_size, bool(cfg.transforms.focus_to_conv), bool(b.tfu), b.half) == (
+        "mlu_legacy", mode, batch, batch, focus, tfu, half
+    )
+    assert cfg.quant.name == "int8" and b.detection_output and not cfg.bench.profile
+    runner = make_runner(cfg, torch.nn.Identity())
+    assert runner.quant.enabled and runner.quant.qconfig.firstconv is False  # the study's qconfig
+    assert Path(runner.work_dir).name == "exports"
