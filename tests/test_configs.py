@@ -42,10 +42,13 @@ def test_every_sweep_preset_composes_and_each_of_its_jobs_validates(compose_cfg,
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         full = compose("config", overrides=[f"experiments/sweep={sweep}"], return_hydra_config=True)
     assert full.hydra.mode.name == "MULTIRUN"
-    jobs = str(full.hydra.sweeper.params.experiments).split(",")
-    assert set(jobs) <= set(PRESETS)
-    for job in jobs:
-        validate_config(compose_cfg([f"experiments/sweep={sweep}", f"experiments={job}"], tiny=False))
+    params = {key: str(values).split(",") for key, values in full.hydra.sweeper.params.items()}
+    if "experiments" in params:
+        assert set(params["experiments"]) <= set(PRESETS)
+    # Every value of every swept key, each in turn (not the whole grid), composes and validates.
+    for key, values in params.items():
+        for value in values:
+            validate_config(compose_cfg([f"experiments/sweep={sweep}", f"{key}={value}"], tiny=False))
 
 
 def test_experiments_folder_is_the_experiments_group() -> None:
