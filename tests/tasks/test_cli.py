@@ -49,3 +49,14 @@ def test_unknown_key_is_refused_by_hydra(run_cli) -> None:
     proc = run_cli("backend.flavour=spicy", check=False)
     assert proc.returncode != 0
     assert "flavour" in proc.stderr
+
+
+def test_export_writes_one_self_contained_onnx_file(run_cli, tmp_path: Path) -> None:
+    import onnx
+
+    proc = run_cli("task=export", "model=yolov5n_v5", "img_size=64", "transforms.focus_to_conv=true")
+    files = list((tmp_path / "outputs" / "export").iterdir())
+    assert [f.name for f in files] == ["yolov5n_v5-64.onnx"], proc.stdout
+    graph = onnx.load(str(files[0])).graph
+    assert [o.name for o in graph.output] == ["p3", "p4", "p5"]
+    assert not any(n.op_type == "Slice" for n in graph.node)  # Focus -> Conv took the strided slices out

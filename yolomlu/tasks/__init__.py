@@ -11,11 +11,12 @@ def _tasks() -> dict[str, Callable[[DictConfig], Any]]:
     # Imported here so that `import yolomlu.tasks` stays cheap.
     from yolomlu.tasks.detect import detect
     from yolomlu.tasks.evaluate import evaluate
+    from yolomlu.tasks.export import export_task
     from yolomlu.tasks.info import info
     from yolomlu.tasks.records import import_task
     from yolomlu.tasks.report import report_task
 
-    return {"evaluate": evaluate, "detect": detect, "info": info, "import": import_task, "report": report_task}
+    return {"evaluate": evaluate, "detect": detect, "info": info, "import": import_task, "report": report_task, "export": export_task}
 
 
 def run_task(cfg: DictConfig) -> Any:
