@@ -12,7 +12,7 @@ PRESET ?= study_cpu
 JOBS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run sweep report test ui demo-model clean
+.PHONY: help setup run sweep report test ui gpu-study demo-model clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ test: $(STAMP) ## run the test suite
 
 ui: $(STAMP) ## open the MLflow UI on http://127.0.0.1:5000 for ./mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port 5000 --workers 1
+
+gpu-study: $(STAMP) ## on a CUDA machine: the GPU variants, written as run records (then: task=import source=outputs/gpu_records)
+	$(PY) -m yolomlu experiments/sweep=gpu_study $(ARGS)
 
 demo-model: $(STAMP) ## retrain the demo checkpoint (about an hour on 2 CPU cores)
 	$(PY) -m yolomlu task=train $(ARGS)

@@ -99,3 +99,21 @@ def test_offline_record_round_trips_through_import(tmp_path: Path) -> None:
     assert json.loads(ok.data.tags["mlflow.loggedArtifacts"]) == [{"path": "profile.json", "type": "table"}]
     table = pd.read_json(client.download_artifacts(ok.info.run_id, "profile.json", str(tmp_path)), orient="split")
     assert list(table["layer_type"]) == ["CONV"] and list(table["time_us"]) == [1.5]
+
+
+def test_imported_sweep_keeps_its_parent_child_structure(tmp_path: Path) -> None:
+    from yolomlu.tracking import import_records, start_run
+
+    offline = TrackingSettings(uri="unused", experiment="gpu", offline_dir=str(tmp_path / "records"))
+    parent = start_run(offline, "sweep-gpu", tags={"sweep": "true"})
+    for name in ("a", "b"):
+        with job_run(offline, name, parent_run_id=parent.run_id) as run:
+            run.log_metrics({"fps": 1.0})
+    parent.end("FINISHED")
+
+    store = TrackingSettings(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="gpu")
+    ids = import_records(tmp_path / "records", store)
+    client = MlflowClient(store.uri)
+    runs = {client.get_run(i).info.run_name: client.get_run(i) for i in ids}
+    parent_id = runs["sweep-gpu"].info.run_id
+    assert runs["a"].data.tags["mlflow.parentRunId"] == parent_id == runs["b"].data.tags["mlflow.parentRunId"]

@@ -258,11 +258,17 @@ def import_records(source: Path, settings: TrackingSettings) -> list[str]:
 
     client = _client(settings.uri)
     run_ids = []
-    for folder in find_records(source):
-        record = read_record(folder)
+    records = [(folder, read_record(folder)) for folder in find_records(source)]
+    # Parents first, so their children can point at the parents' new MLflow run ids.
+    records.sort(key=lambda item: "mlflow.parentRunId" in item[1]["tags"])
+    new_id: dict[str, str] = {}
+    for folder, record in records:
         experiment = TrackingSettings(settings.uri, record.get("experiment") or settings.experiment, settings.artifact_root)
         experiment_id = ensure_experiment(experiment)
         tags = {**record["tags"], "imported_from": str(folder.resolve()), "offline_run_id": folder.name}
+        parent = tags.get("mlflow.parentRunId")
+        if parent in new_id:
+            tags["mlflow.parentRunId"] = new_id[parent]
         run = client.create_run(experiment_id, start_time=record.get("start_time"), tags=tags, run_name=record["run_name"])
         run_id = run.info.run_id
         params = [Param(k, v) for k, v in record["params"].items()]
@@ -276,5 +282,6 @@ def import_records(source: Path, settings: TrackingSettings) -> list[str]:
         if artifacts.is_dir() and any(artifacts.iterdir()):
             client.log_artifacts(run_id, str(artifacts))
         client.set_terminated(run_id, status=record["status"], end_time=record.get("end_time"))
+        new_id[folder.name] = run_id
         run_ids.append(run_id)
     return run_ids
