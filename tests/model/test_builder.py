@@ -198,4 +198,5 @@ def test_model_config_files(size, arch, suffix):
         "nc": 80,
         "names": None,
         "weights": None,
+        "img_size": 640,
     }
