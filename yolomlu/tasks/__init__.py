@@ -15,8 +15,9 @@ def _tasks() -> dict[str, Callable[[DictConfig], Any]]:
     from yolomlu.tasks.info import info
     from yolomlu.tasks.records import import_task
     from yolomlu.tasks.report import report_task
+    from yolomlu.tasks.train import train_job
 
-    return {"evaluate": evaluate, "detect": detect, "info": info, "import": import_task, "report": report_task, "export": export_task}
+    return {"evaluate": evaluate, "detect": detect, "info": info, "import": import_task, "report": report_task, "export": export_task, "train": train_job}
 
 
 def run_task(cfg: DictConfig) -> Any:

@@ -248,7 +248,7 @@ def log_stream() -> Any:
 
 
 # -- validation --------------------------------------------------------------------------------
-TASKS = ("evaluate", "detect", "info", "import", "report", "export")
+TASKS = ("evaluate", "detect", "info", "import", "report", "export", "train")
 ARCHS = ("v5", "v6")
 DATASETS = ("shapes", "coco")
 

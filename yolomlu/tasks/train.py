@@ -22,7 +22,28 @@ from yolomlu.model.checkpoint import load_weights, save_state_dict
 from yolomlu.tasks import common
 from yolomlu.train import Augment, TrainSettings, evaluate_model, train
 
-__all__ = ["train_task", "train_settings"]
+__all__ = ["train_job", "train_task", "train_settings"]
+
+
+def train_job(cfg: DictConfig) -> dict[str, float]:
+    """task=train as one tracked run: params, per-epoch metrics (step = epoch), the final metrics of
+    the saved checkpoint, and the checkpoint itself as an artifact (or a run record with
+    tracking.offline_dir, e.g. on a lent GPU machine)."""
+    from yolomlu.tracking import flatten_params, job_run
+
+    plain = common.to_plain(cfg)
+    tags = {"task": "train", "config_hash": common.config_hash(cfg), **common.environment_tags()}
+    with job_run(common.tracking_settings(cfg), f"train-{cfg.model.name}-shapes", tags=tags) as run:
+        run.log_params(flatten_params({k: v for k, v in plain.items() if k in ("model", "data", "train", "seed")}))
+        run.log_dict(plain, "config.yaml")
+
+        def log_epoch(record: dict[str, float]) -> None:
+            run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
+
+        metrics = train_task(cfg, on_epoch=log_epoch)
+        run.log_metrics(metrics, step=int(cfg.train.epochs))
+        run.log_artifact(Path(cfg.train.out).expanduser(), "checkpoint")
+    return metrics
 
 
 def train_settings(cfg: DictConfig) -> TrainSettings:
