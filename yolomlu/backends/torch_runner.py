@@ -170,13 +170,14 @@ class TorchRunner(Runner):
             for _ in range(passes):
                 self._infer_impl(batch)
                 self._synchronize()
-        # Top-level ops only (no parent op): their totals include their own children, so nothing
-        # is counted twice and each layer appears once (conv2d, not also its mkldnn kernel).
+        # Outermost aten ops only (no aten op above them): their totals include their own children,
+        # so nothing is counted twice and each layer appears once (conv2d, not also its mkldnn
+        # kernel). A TorchScript module's ops sit under its "forward" event, which is not an aten op.
         use_device_time = len(activities) > 1
         events = [
             (e.name, e.device_time_total if use_device_time else e.cpu_time_total)
             for e in prof.events()
-            if e.cpu_parent is None and e.name.startswith("aten::") and e.name not in _NOT_LAYERS
+            if e.name.startswith("aten::") and e.name not in _NOT_LAYERS and not _under_aten_op(e)
         ]
         return build_profile(events, passes=passes)
 
@@ -205,6 +206,15 @@ class TorchRunner(Runner):
             facts["backend.artifact"] = self.artifact.name
             facts["backend.artifact_bytes"] = self.artifact.stat().st_size
         return facts
+
+
+def _under_aten_op(event: Any) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return True
+        parent = parent.cpu_parent
+    return False
 
 
 def _trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:

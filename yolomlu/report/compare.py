@@ -17,7 +17,9 @@ ACCURACY_METRICS = (
 SPEED_METRICS = ("fps", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "pre_ms", "infer_ms", "post_ms", "e2e_fps")
 MEMORY_METRICS = ("peak_rss_mb", "gpu_mem_mb")
 MODEL_METRICS = ("params", "gflops", "layers", "model_mb")
-FIDELITY_METRICS = ("parity_max_abs",)
+FIDELITY_METRICS = ("parity_max_abs", "parity_box_agreement")
+# Quantization evidence: layers quantized, layer SQNR, and the float fallback's mAP and recovery.
+QUANT_METRICS = ("quant_layers", "sqnr_mean_db", "sqnr_min_db", "fallback_map50_95", "fallback_recovered_map50_95")
 DERIVED = ("delta_map50_95", "speedup_fps", "speedup_latency")
 
 # Column order of the table. Every column is always present (NaN where a run did not log it), so
@@ -31,6 +33,7 @@ COLUMNS = (
     + MEMORY_METRICS
     + MODEL_METRICS
     + FIDELITY_METRICS
+    + QUANT_METRICS
     + ("error",)
 )
 
@@ -83,7 +86,7 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     table["accuracy"] = accuracy.where(accuracy.notna(), maps.notna().map({True: "measured", False: "off"})).astype(str)
     table["batch_size"] = _first_number(runs, ("params.bench.batch_size", "tags.bench.batch_size"))
     table["img_size"] = _first_number(runs, ("params.img_size", "tags.img_size"))
-    for key in ACCURACY_METRICS + SPEED_METRICS + MEMORY_METRICS + MODEL_METRICS + FIDELITY_METRICS:
+    for key in ACCURACY_METRICS + SPEED_METRICS + MEMORY_METRICS + MODEL_METRICS + FIDELITY_METRICS + QUANT_METRICS:
         table[key] = metric(key)
     table["error"] = tag("error").fillna("").astype(str)
 

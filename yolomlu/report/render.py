@@ -75,6 +75,12 @@ SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("gflops", "GFLOPs", "num"),
     ("model_mb", "model (MB)", "num"),
     ("parity_max_abs", "parity max |Δ|", "sci"),
+    ("parity_box_agreement", "box agreement", "ap"),
+    ("quant_layers", "quant layers", "int"),
+    ("sqnr_mean_db", "SQNR mean (dB)", "num"),
+    ("sqnr_min_db", "SQNR min (dB)", "num"),
+    ("fallback_map50_95", "fallback mAP50-95", "ap"),
+    ("fallback_recovered_map50_95", "fallback recovers", "delta"),
     ("error", "error", "text"),
 )
 # ... and the rest of COCO's numbers and the time split.

@@ -111,13 +111,18 @@ def transform_names(cfg: DictConfig) -> list[str]:
 
 
 def variant_name(cfg: DictConfig) -> str:
-    """The experiments preset this job runs (as chosen on the command line), else its run name."""
+    """What sets this job apart in its sweep: its preset (``experiments=fused`` -> ``fused``) plus
+    any other command-line overrides (a grid's ``quant.per_channel=true ...``); else its run name."""
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
-        preset = HydraConfig.get().runtime.choices.get("experiments")
-        if preset:
-            return str(preset)
+        # Where and how a result is recorded does not name the variant.
+        bookkeeping = ("experiments/sweep=", "sweep.", "tracking.", "paths.", "report.", "hydra")
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(bookkeeping)]
+        preset = [o.split("=", 1)[1] for o in overrides if o.startswith("experiments=")]
+        rest = [o for o in overrides if not o.startswith("experiments=")]
+        if preset or rest:
+            return " ".join(preset + rest)
     return run_name(cfg)
 
 

@@ -136,7 +136,8 @@ def _run_job(cfg: DictConfig, run) -> dict[str, float]:
             metrics["quant_layers"] = float(evidence["backend.quantized_nodes"])
         if getattr(runner, "artifact", None) is not None:
             run.log_artifact(runner.artifact, "offline_model")
-            metrics["artifact_mb"] = runner.artifact.stat().st_size / 2**20
+            # model_mb is the size of what the backend runs: here the file (an int8 .onnx is smaller).
+            metrics["artifact_mb"] = metrics["model_mb"] = runner.artifact.stat().st_size / 2**20
 
     if emulated is not None and emulated.fallback_layers and cfg.eval.enabled and loaded.trained:
         # The k most sensitive layers back in float, same scales: how much mAP do they cost?
