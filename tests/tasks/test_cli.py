@@ -35,7 +35,7 @@ def test_detect_prints_boxes_and_writes_annotated_images(run_cli, tmp_path: Path
     weights = tmp_path / "w.pt"
     save_state_dict(build_yolov5("v5", 0.33, 0.25, nc=80), weights)
     # conf 0 so that even untrained weights print boxes in the documented format.
-    proc = run_cli("task=detect", f"source={folder}", f"model.weights={weights}", "img_size=64", "detect.conf_thres=0.0", "detect.max_det=3")
+    proc = run_cli("task=detect", "model=yolov5n_v5", f"source={folder}", f"model.weights={weights}", "img_size=64", "detect.conf_thres=0.0", "detect.max_det=3")
     assert "a.jpg (80x48): 3 boxes" in proc.stdout
     box_lines = [line.split() for line in proc.stdout.splitlines() if line.startswith("  ")]
     assert len(box_lines) == 6
@@ -60,3 +60,12 @@ def test_export_writes_one_self_contained_onnx_file(run_cli, tmp_path: Path) -> 
     graph = onnx.load(str(files[0])).graph
     assert [o.name for o in graph.output] == ["p3", "p4", "p5"]
     assert not any(n.op_type == "Slice" for n in graph.node)  # Focus -> Conv took the strided slices out
+
+
+def test_demo_model_finds_the_shapes_by_name(run_cli, tmp_path: Path) -> None:
+    from yolomlu.data.synthetic import SHAPE_CLASSES, ensure_shapes
+
+    root = ensure_shapes(tmp_path / "data", n_images=2, img_size=320, seed=5)
+    proc = run_cli("task=detect", f"source={root / 'images'}")  # the default model is the demo checkpoint
+    names = {line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("  ")}
+    assert names and names <= set(SHAPE_CLASSES), proc.stdout
