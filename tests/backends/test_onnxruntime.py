@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 
@@ -21,6 +20,8 @@ from yolomlu.data.synthetic import generate_shapes
 from yolomlu.model import build_yolov5
 from yolomlu.model.fuse import fuse_conv_bn
 
+from tests.trained_like import trained_like
+
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
@@ -29,21 +30,10 @@ INT8 = {"name": "int8", "dtype": "int8", "scheme": "onnxruntime", "per_channel":
 
 
 def trained_like_yolov5n() -> nn.Module:
-    """yolov5n v5.0 (nc=6), fused, with seeded trained-like weights: random BN statistics and
-    He-scaled conv weights, so activations have realistic ranges for calibration."""
-    torch.manual_seed(0)
-    model = build_yolov5("v5", 0.33, 0.25, nc=6)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-            c = bn.num_features
-            bn.weight.copy_(0.5 + torch.rand(c, generator=g))
-            bn.bias.copy_(0.1 * torch.randn(c, generator=g))
-            bn.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-            bn.running_var.copy_(0.5 + torch.rand(c, generator=g))
-        for conv in (m for m in model.modules() if isinstance(m, nn.Conv2d)):
-            conv.weight.normal_(0.0, 0.9 * math.sqrt(2.0 / conv.weight[0].numel()))
-    return fuse_conv_bn(model.eval())
+    """yolov5n v5.0 (nc=6), fused, with seeded trained-like weights, so activations have realistic
+    ranges (for calibration) and outputs depend on the input."""
+    torch.manual_seed(0)  # the Detect biases keep their (random) default init
+    return fuse_conv_bn(trained_like(build_yolov5("v5", 0.33, 0.25, nc=6)))
 
 
 @pytest.fixture(scope="module")

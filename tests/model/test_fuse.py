@@ -5,17 +5,7 @@ from torch import nn
 from yolomlu.model import SIZES, Conv, build_yolov5, format_summary, fuse_conv_bn
 from yolomlu.model.fuse import fused_conv
 
-
-def randomise_bn(model: nn.Module, seed: int = 0) -> None:
-    """Give every BN non-trivial affine parameters and running statistics, as a trained model has."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-            c = bn.num_features
-            bn.weight.copy_(0.5 + torch.rand(c, generator=g))
-            bn.bias.copy_(0.1 * torch.randn(c, generator=g))
-            bn.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-            bn.running_var.copy_(0.5 + torch.rand(c, generator=g))
+from tests.trained_like import randomise_bn
 
 
 def test_fused_yolov5x_v5_matches_the_published_log(summary_of):

@@ -8,7 +8,6 @@ input it will be measured on in a job rather than on uniform noise.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -23,39 +22,13 @@ from yolomlu.data.preprocess import to_tensor_batch
 from yolomlu.data.synthetic import generate_shapes
 from yolomlu.model import SIZES, YOLOv5, build_yolov5
 
-
-def randomise_bn(model: nn.Module, seed: int = 0) -> None:
-    """Give every BN non-trivial affine parameters and running statistics, as a trained model has."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-            c = bn.num_features
-            bn.weight.copy_(0.5 + torch.rand(c, generator=g))
-            bn.bias.copy_(0.1 * torch.randn(c, generator=g))
-            bn.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-            bn.running_var.copy_(0.5 + torch.rand(c, generator=g))
+from tests.trained_like import randomise_bn, randomise_convs
 
 
 @pytest.fixture(name="randomise_bn")
 def randomise_bn_fixture() -> Callable[..., None]:
     """randomise_bn(module, seed=0): trained-like BN parameters and running statistics, in place."""
     return randomise_bn
-
-
-# Std of the random conv weights relative to He init (sqrt(2 / fan_in)). PyTorch's default init shrinks
-# the signal layer by layer: a default-initialised yolov5n's outputs move by only ~2e-5 between a real
-# image and uniform noise, so a parity below 1e-4 would prove nothing (a wrongly interleaved stem kernel
-# gave 5e-6). At 0.9 the signal survives the 24 layers (a wrong interleave moves the outputs by ~3e-2)
-# while float rounding stays near 2e-6; at 1.0 the net is already chaotic and rounding grows to ~5e-5.
-WEIGHT_GAIN = 0.9
-
-
-def randomise_convs(model: nn.Module, gain: float = WEIGHT_GAIN) -> None:
-    """Re-draw every Conv2d weight from N(0, (gain * sqrt(2 / fan_in))^2), in place (biases kept)."""
-    with torch.no_grad():
-        for conv in (m for m in model.modules() if isinstance(m, nn.Conv2d)):
-            fan_in = conv.weight[0].numel()
-            conv.weight.normal_(0.0, gain * math.sqrt(2.0 / fan_in))
 
 
 @lru_cache(maxsize=None)
@@ -70,7 +43,7 @@ def _base_model(arch: str) -> YOLOv5:
 @pytest.fixture
 def yolov5n() -> Callable[[str], YOLOv5]:
     """yolov5n(arch) -> a fresh yolov5n ('v5': Focus + SPP, 'v6': 6x6 stem + SPPF), nc=6, seeded random
-    conv weights (see WEIGHT_GAIN) and BN statistics, eval mode. Each call returns its own copy, since
+    conv weights (see tests/trained_like.py) and BN statistics, eval mode. Each call returns its own copy, since
     transforms work in place."""
     return lambda arch="v5": copy.deepcopy(_base_model(arch))
 
