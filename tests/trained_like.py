@@ -42,3 +42,12 @@ def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
     randomise_bn(model, seed)
     randomise_convs(model)
     return model.eval()
+
+
+def trained_like_yolov5n(seed: int = 0) -> nn.Module:
+    """yolov5n v5.0 (nc=6), fused, with seeded trained-like weights (realistic activation ranges for
+    calibration; outputs that depend on the input)."""
+    from yolomlu.model import build_yolov5, fuse_conv_bn
+
+    torch.manual_seed(seed)  # the Detect biases keep their (random) default init
+    return fuse_conv_bn(trained_like(build_yolov5("v5", 0.33, 0.25, nc=6), seed))

@@ -17,21 +17,12 @@ from yolomlu.backends.onnx_export import (
     export_onnx,
     model_fingerprint,
 )
-from yolomlu.model import build_yolov5
-from yolomlu.model.fuse import fuse_conv_bn
 
-from tests.trained_like import trained_like
+from tests.trained_like import trained_like_yolov5n
 
 onnx = pytest.importorskip("onnx")
 
 IMG = 64
-
-
-def trained_like_yolov5n() -> nn.Module:
-    """yolov5n v5.0 (nc=6), fused, with seeded trained-like weights, so activations have realistic
-    ranges (for calibration) and outputs depend on the input."""
-    torch.manual_seed(0)  # the Detect biases keep their (random) default init
-    return fuse_conv_bn(trained_like(build_yolov5("v5", 0.33, 0.25, nc=6)))
 
 
 @pytest.fixture(scope="module")
