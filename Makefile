@@ -12,7 +12,7 @@ PRESET ?= study_cpu
 JOBS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run sweep report test ui gpu-study demo-model clean
+.PHONY: help setup run sweep report test ui gpu-study import demo-model clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,8 +42,14 @@ test: $(STAMP) ## run the test suite
 ui: $(STAMP) ## open the MLflow UI on http://127.0.0.1:5000 for ./mlflow.db
 	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port 5000 --workers 1
 
-gpu-study: $(STAMP) ## on a CUDA machine: the GPU variants, written as run records (then: task=import source=outputs/gpu_records)
-	$(PY) -m yolomlu experiments/sweep=gpu_study $(ARGS)
+# On a GPU machine that has its own torch (no tracking store needed): make gpu-study GPU_PY=python3
+GPU_PY ?= $(PY)
+gpu-study: ## on a CUDA machine: GPU variants (bs16, then bs1) as run records; then here: make import
+	$(GPU_PY) -m yolomlu experiments/sweep=gpu_study $(ARGS); \
+	$(GPU_PY) -m yolomlu experiments/sweep=gpu_latency $(ARGS)
+
+import: $(STAMP) ## load run records made elsewhere into the store (SRC=outputs/gpu_records)
+	$(PY) -m yolomlu task=import source=$(or $(SRC),outputs/gpu_records) $(ARGS)
 
 demo-model: $(STAMP) ## retrain the demo checkpoint (about 45 minutes on 2 CPU cores)
 	$(PY) -m yolomlu task=train model=yolov5n_v5 model.nc=6 train.out=yolomlu/assets/demo_yolov5n_v5.pt $(ARGS)

@@ -52,6 +52,9 @@ class SpeedStats:
     post_ms: float
     e2e_fps: float  # images/s through pre-process + inference + post-process
     peak_rss_mb: float
+    # Where the runner times its device: the forward alone, without host<->device copies.
+    device_ms: float | None = None  # per image
+    device_fps: float | None = None
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -64,7 +67,7 @@ class SpeedStats:
             "post_ms": self.post_ms,
             "e2e_fps": self.e2e_fps,
             "peak_rss_mb": self.peak_rss_mb,
-        }
+        } | ({"device_ms": self.device_ms, "device_fps": self.device_fps} if self.device_ms is not None else {})
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ def test_threads_are_restored_after_use() -> None:
         ({"device": "tpu"}, r"backend.device='tpu' is not supported"),
         ({"mode": "warp"}, r"backend.mode='warp' is not supported"),
         ({"threads": 0}, r"backend.threads must be a positive integer"),
+        ({"compiler": "cudagraph", "mode": "fused"}, r"compiler=cudagraph needs backend.device=cuda"),
+        ({"compiler": "cudagraph", "device": "cuda"}, r"compiler=cudagraph needs .*mode=fused"),
     ],
 )
 def test_bad_settings_are_refused_by_name(kwargs, message) -> None:

@@ -37,6 +37,9 @@ class Runner(abc.ABC):
         self.is_active = False
         # Set by backends whose device does decode + NMS: how to read their detection buffer.
         self.detection_buffer = None
+        # Seconds the device spent on the last batch, input on the device to outputs on the
+        # device (no host copies), where the backend can time its device (CUDA events); else None.
+        self.last_device_seconds: float | None = None
 
     def set_calibration(self, batches) -> None:
         """Preprocessed images (float32 [b, 3, H, W] in 0..1) for a backend that quantizes itself."""
@@ -86,6 +89,11 @@ class Runner(abc.ABC):
 
     def _profile_impl(self, batch: torch.Tensor, passes: int) -> LayerProfile:
         raise BackendError(f"the {self.name} backend cannot profile layers")
+
+    def device_memory_mb(self) -> float | None:
+        """Peak accelerator memory this runner allocated since it was activated, in MiB; None where
+        the backend cannot tell (host memory is ``peak_rss_mb``)."""
+        return None
 
     def evidence(self) -> dict[str, Any]:
         """Facts that show the variant ran as asked (mode, dtype, artifact type and size)."""

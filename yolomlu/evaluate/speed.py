@@ -32,8 +32,10 @@ def benchmark(
 ) -> SpeedStats:
     """Time ``iterations`` batches of ``batch_size`` images (cycled from ``images``).
 
-    Inference time is the runner's own, device synchronised; ``fps`` counts inference alone
-    (as the porting study reports it) and ``e2e_fps`` pre-process + inference + NMS.
+    Inference time is the runner's own, device synchronised, copies to and from the device
+    included; ``fps`` counts inference alone (as the porting study reports it) and ``e2e_fps``
+    pre-process + inference + NMS. Where the runner times its device, ``device_fps`` counts the
+    forward on the device alone (what a pipeline that keeps tensors on the device would see).
     """
     if not images:
         raise ValueError("benchmark needs at least one image")
@@ -49,13 +51,15 @@ def benchmark(
         outputs, _ = runner.timed_infer(x)
         postprocess(outputs, head, nms, infos, runner.detection_buffer)
 
-    pre, infer, post = [], [], []
+    pre, infer, post, device = [], [], [], []
     for i in tqdm(range(iterations), desc=f"benchmark bs{batch_size}", disable=not progress, leave=False):
         t0 = time.perf_counter()
         x, infos = preprocess(batch_at(i), img_size)
         pre.append(time.perf_counter() - t0)
         outputs, seconds = runner.timed_infer(x)
         infer.append(seconds)
+        if runner.last_device_seconds is not None:
+            device.append(runner.last_device_seconds)
         t0 = time.perf_counter()
         postprocess(outputs, head, nms, infos, runner.detection_buffer)
         post.append(time.perf_counter() - t0)
@@ -63,6 +67,7 @@ def benchmark(
     infer_ms = np.asarray(infer) * 1000.0
     per_image = 1000.0 / batch_size
     mean_pre, mean_infer, mean_post = (float(np.mean(t)) for t in (pre, infer, post))
+    mean_device = float(np.mean(device)) if len(device) == iterations else None
     return SpeedStats(
         batch_size=batch_size,
         warmup=warmup,
@@ -76,4 +81,6 @@ def benchmark(
         post_ms=mean_post * per_image,
         e2e_fps=batch_size / (mean_pre + mean_infer + mean_post),
         peak_rss_mb=peak_rss_mb(),
+        device_ms=mean_device * per_image if mean_device is not None else None,
+        device_fps=batch_size / mean_device if mean_device is not None else None,
     )

@@ -14,7 +14,10 @@ ACCURACY_METRICS = (
     "map50_95", "map50", "map75", "map_small", "map_medium", "map_large",
     "ar1", "ar10", "ar100", "ar_small", "ar_medium", "ar_large",
 )  # fmt: skip
-SPEED_METRICS = ("fps", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "pre_ms", "infer_ms", "post_ms", "e2e_fps")
+SPEED_METRICS = (
+    "fps", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "pre_ms", "infer_ms", "post_ms", "e2e_fps",
+    "device_fps", "device_ms",
+)  # fmt: skip
 MEMORY_METRICS = ("peak_rss_mb", "gpu_mem_mb")
 MODEL_METRICS = ("params", "gflops", "layers", "model_mb")
 FIDELITY_METRICS = ("parity_max_abs", "parity_box_agreement")

@@ -69,6 +69,7 @@ SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("latency_ms_p50", "latency p50 (ms)", "num"),
     ("speedup_latency", "latency ×", "speedup"),
     ("e2e_fps", "e2e fps", "num"),
+    ("device_fps", "device fps", "num"),
     ("peak_rss_mb", "peak RSS (MB)", "int"),
     ("gpu_mem_mb", "GPU mem (MB)", "int"),
     ("params", "params", "params"),
@@ -102,6 +103,7 @@ DETAIL_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("pre_ms", "pre (ms/img)", "num"),
     ("infer_ms", "infer (ms/img)", "num"),
     ("post_ms", "post (ms/img)", "num"),
+    ("device_ms", "device (ms/img)", "num"),
     ("layers", "layers", "int"),
 )
 _DERIVED = {"delta_map50_95", "speedup_fps", "speedup_latency"}

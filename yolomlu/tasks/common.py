@@ -200,7 +200,10 @@ def run_name(cfg: DictConfig) -> str:
         return str(cfg.tracking.run_name)
     b = cfg.backend
     precision = cfg.quant.name if cfg.quant.name != "none" else "half" if b.get("half") else "fp32"
-    parts = [cfg.model.name, b.name, b.get("device", ""), b.get("mode", ""), precision]
+    mode = b.get("mode", "")
+    if mode == "fused" and b.get("compiler", "trace") != "trace":
+        mode = f"{mode}-{b.compiler}"  # torch.compile and CUDA graphs are other variants than a trace
+    parts = [cfg.model.name, b.name, b.get("device", ""), mode, precision]
     parts += [f"bs{cfg.bench.batch_size}", str(cfg.img_size)]
     return "-".join(p for p in parts if p)
 
@@ -215,6 +218,10 @@ def environment_tags() -> dict[str, str]:
         "torch": torch.__version__,
         "git_commit": _git_commit(),
     }
+    if torch.cuda.is_available():
+        tags["gpu"] = torch.cuda.get_device_name()
+        tags["cuda"] = str(torch.version.cuda)
+        tags["gpu_driver"] = _nvidia_driver()
     for package in ("yolomlu", "numpy", "mlflow", "hydra-core", "pycocotools"):
         try:
             tags[f"version.{package}"] = metadata.version(package)
@@ -233,7 +240,20 @@ def _cpu_name() -> str:
     return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
 
 
+def _nvidia_driver() -> str:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def _git_commit() -> str:
+    # A copy of the tree without .git (a lent GPU machine) is told its commit through the environment.
+    if os.environ.get("YOLOMLU_GIT_COMMIT"):
+        return os.environ["YOLOMLU_GIT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True

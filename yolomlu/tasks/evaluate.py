@@ -113,6 +113,8 @@ def _run_job(cfg: DictConfig, run) -> dict[str, float]:
         if b.enabled:
             stats = benchmark(runner, images, cfg.img_size, b.batch_size, b.warmup, b.iters, head, common.bench_nms(cfg))
             metrics.update(stats.metrics())
+            if (device_mb := runner.device_memory_mb()) is not None:
+                metrics["gpu_mem_mb"] = device_mb
             on_device = runner.detection_buffer is not None
             run.set_tags(
                 {
@@ -177,6 +179,10 @@ def _forward(model: torch.nn.Module, batch: torch.Tensor) -> list[torch.Tensor]:
 def _print_metrics(name: str, metrics: dict[str, float]) -> None:
     out = common.log_stream()
     print(f"[yolomlu] {name}", file=out)
-    for key in ("map50_95", "map50", "fps", "latency_ms_p50", "e2e_fps", "peak_rss_mb", "parity_max_abs", "parity_box_agreement", "quant_layers", "sqnr_mean_db", "params", "gflops"):
+    keys = (
+        "map50_95", "map50", "fps", "latency_ms_p50", "e2e_fps", "device_fps", "peak_rss_mb", "gpu_mem_mb",
+        "parity_max_abs", "parity_box_agreement", "quant_layers", "sqnr_mean_db", "params", "gflops",
+    )  # fmt: skip
+    for key in keys:
         if key in metrics:
             print(f"  {key:>16}: {metrics[key]:.4g}", file=out)
