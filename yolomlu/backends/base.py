@@ -91,9 +91,13 @@ class Runner(abc.ABC):
         raise BackendError(f"the {self.name} backend cannot profile layers")
 
     def device_memory_mb(self) -> float | None:
-        """Peak accelerator memory this runner allocated since it was activated, in MiB; None where
-        the backend cannot tell (host memory is ``peak_rss_mb``)."""
+        """Peak accelerator memory allocated since activation or :meth:`reset_device_memory_peak`,
+        in MiB; None where the backend cannot tell (host memory is ``peak_rss_mb``)."""
         return None
+
+    def reset_device_memory_peak(self) -> None:
+        """Start a new peak for :meth:`device_memory_mb` (after a warm-up whose autotuning
+        workspaces are not what running the model needs)."""
 
     def evidence(self) -> dict[str, Any]:
         """Facts that show the variant ran as asked (mode, dtype, artifact type and size)."""

@@ -179,16 +179,23 @@ class TorchRunner(Runner):
             outputs = self._module(x)
             end.record()
         self._output_dtype = outputs[0].dtype
-        result = [y.float().cpu() for y in outputs]
-        if self._events is not None:
-            end.synchronize()
-            self.last_device_seconds = start.elapsed_time(end) / 1000.0
+        if self._events is None:
+            return [y.float().cpu() for y in outputs]
+        # Non-blocking copies land in pinned host memory that torch's host allocator caches: no
+        # page faults on fresh pageable memory for each batch's raw maps (137 MB for yolov5x, bs 16).
+        result = [y.float().to("cpu", non_blocking=True) for y in outputs]
+        torch.cuda.current_stream(self._device).synchronize()
+        self.last_device_seconds = start.elapsed_time(end) / 1000.0
         return result
 
     def device_memory_mb(self) -> float | None:
         if self._device is None or self._device.type != "cuda":
             return None
         return torch.cuda.max_memory_allocated(self._device) / 2**20
+
+    def reset_device_memory_peak(self) -> None:
+        if self._device is not None and self._device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self._device)
 
     @torch.inference_mode()
     def _infer_uncaptured(self, batch: torch.Tensor) -> list[torch.Tensor]:
