@@ -40,6 +40,17 @@ def test_deltas_and_speedups_against_the_baseline():
     base = table.iloc[0]
     assert (base["delta_map50_95"], base["speedup_fps"], base["speedup_latency"]) == (0.0, 1.0, 1.0)
     assert table.attrs["notes"] == []
+    assert math.isnan(fused["speedup_device_fps"])  # no device timer on these runs: blank, not 1
+
+
+def test_device_fps_speedup_where_the_device_was_timed():
+    runs = _frame(
+        _run("a", "fp32", start=1, tags__baseline="true", metrics__fps=375.0, metrics__device_fps=520.0),
+        _run("b", "fp16", start=2, metrics__fps=629.0, metrics__device_fps=938.0),
+    )  # fmt: skip
+    table = comparison_table(runs)
+    assert table.iloc[1]["speedup_device_fps"] == pytest.approx(938 / 520)
+    assert table.iloc[1]["speedup_fps"] == pytest.approx(629 / 375)
 
 
 def test_rows_follow_start_order_after_the_baseline_and_variant_falls_back_to_run_name():

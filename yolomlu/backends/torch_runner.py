@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -216,15 +217,7 @@ class TorchRunner(Runner):
             for _ in range(passes):
                 run(batch)
                 self._synchronize()
-        # Outermost aten ops only (no aten op above them): their totals include their own children,
-        # so nothing is counted twice and each layer appears once (conv2d, not also its mkldnn
-        # kernel). A TorchScript module's ops sit under its "forward" event, which is not an aten op.
-        use_device_time = len(activities) > 1
-        events = [
-            (e.name, e.device_time_total if use_device_time else e.cpu_time_total)
-            for e in prof.events()
-            if e.name.startswith("aten::") and e.name not in _NOT_LAYERS and not _under_aten_op(e)
-        ]
+        events = layer_events(prof.events(), device_time=len(activities) > 1)
         return build_profile(events, passes=passes)
 
     def _synchronize(self) -> None:
@@ -259,6 +252,27 @@ class TorchRunner(Runner):
             facts["backend.artifact"] = self.artifact.name
             facts["backend.artifact_bytes"] = self.artifact.stat().st_size
         return facts
+
+
+def layer_events(events: Iterable[Any], device_time: bool) -> list[tuple[str, float]]:
+    """(op name, microseconds) of each layer in torch.profiler ``events`` (FunctionEvents).
+
+    Outermost aten ops only (no aten op above them): their totals include their own children, so
+    nothing is counted twice and each layer appears once (conv2d, not also its mkldnn kernel). A
+    TorchScript module's ops sit under its "forward" event, which is not an aten op. With
+    ``device_time``, kernels launched outside any aten op count too, under their launcher's name:
+    torch.compile's generated kernels (``triton_poi_fused_add_cat_silu_3``), which fuse several
+    layers into one kernel and would otherwise be missing from the table.
+    """
+    layers = []
+    for e in events:
+        if _under_aten_op(e):
+            continue
+        if e.name.startswith("aten::") and e.name not in _NOT_LAYERS:
+            layers.append((e.name, e.device_time_total if device_time else e.cpu_time_total))
+        elif device_time and not e.name.startswith("aten::") and e.kernels:
+            layers.append((e.name, sum(k.duration for k in e.kernels)))  # its own kernels, not its children's
+    return layers
 
 
 def _under_aten_op(event: Any) -> bool:

@@ -23,7 +23,7 @@ MODEL_METRICS = ("params", "gflops", "layers", "model_mb")
 FIDELITY_METRICS = ("parity_max_abs", "parity_box_agreement")
 # Quantization evidence: layers quantized, layer SQNR, and the float fallback's mAP and recovery.
 QUANT_METRICS = ("quant_layers", "sqnr_mean_db", "sqnr_min_db", "fallback_map50_95", "fallback_recovered_map50_95")
-DERIVED = ("delta_map50_95", "speedup_fps", "speedup_latency")
+DERIVED = ("delta_map50_95", "speedup_fps", "speedup_latency", "speedup_device_fps")
 
 # Column order of the table. Every column is always present (NaN where a run did not log it), so
 # the table has one shape whatever the sweep measured; renderers drop the empty ones.
@@ -32,7 +32,7 @@ COLUMNS = (
     + ACCURACY_METRICS
     + ("delta_map50_95",)
     + SPEED_METRICS
-    + ("speedup_fps", "speedup_latency")
+    + ("speedup_fps", "speedup_latency", "speedup_device_fps")
     + MEMORY_METRICS
     + MODEL_METRICS
     + FIDELITY_METRICS
@@ -53,7 +53,9 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     - ``delta_map50_95`` = map50_95 - the baseline's map50_95;
     - ``speedup_fps`` = fps / the baseline's fps (>1: more images per second);
     - ``speedup_latency`` = the baseline's latency_ms_p50 / latency_ms_p50 (>1: a batch takes less
-      time; latency is per batch, so across batch sizes this is not a throughput ratio, fps is).
+      time; latency is per batch, so across batch sizes this is not a throughput ratio, fps is);
+    - ``speedup_device_fps`` = device_fps / the baseline's device_fps (the forward on the device
+      alone, where the backend times its device).
 
     The baseline is the FINISHED run tagged ``baseline=true`` (several: the first measured, not
     reused, one). Without one the derived columns are NaN. FAILED and KILLED runs are kept, with
@@ -107,6 +109,7 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
         table["delta_map50_95"] = table["map50_95"] - base["map50_95"]
         table["speedup_fps"] = table["fps"] / base["fps"]
         table["speedup_latency"] = base["latency_ms_p50"] / table["latency_ms_p50"]
+        table["speedup_device_fps"] = table["device_fps"] / base["device_fps"]
 
     # Baseline first, then the sweep's order.
     order = sorted(table.index, key=lambda i: (not table.at[i, "baseline"], i))

@@ -70,6 +70,7 @@ SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("speedup_latency", "latency ×", "speedup"),
     ("e2e_fps", "e2e fps", "num"),
     ("device_fps", "device fps", "num"),
+    ("speedup_device_fps", "device fps ×", "speedup"),
     ("peak_rss_mb", "peak RSS (MB)", "int"),
     ("gpu_mem_mb", "GPU mem (MB)", "int"),
     ("params", "params", "params"),
@@ -106,7 +107,7 @@ DETAIL_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("device_ms", "device (ms/img)", "num"),
     ("layers", "layers", "int"),
 )
-_DERIVED = {"delta_map50_95", "speedup_fps", "speedup_latency"}
+_DERIVED = {"delta_map50_95", "speedup_fps", "speedup_latency", "speedup_device_fps"}
 
 
 def format_table(table: pd.DataFrame, columns: Sequence[tuple[str, str, str]] = SUMMARY_COLUMNS) -> pd.DataFrame:
