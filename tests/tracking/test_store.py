@@ -117,3 +117,16 @@ def test_imported_sweep_keeps_its_parent_child_structure(tmp_path: Path) -> None
     runs = {client.get_run(i).info.run_name: client.get_run(i) for i in ids}
     parent_id = runs["sweep-gpu"].info.run_id
     assert runs["a"].data.tags["mlflow.parentRunId"] == parent_id == runs["b"].data.tags["mlflow.parentRunId"]
+
+
+def test_a_finished_run_is_found_only_with_the_same_code_and_machine(settings: TrackingSettings) -> None:
+    from yolomlu.tracking import find_finished_run
+
+    machine = {"code_hash": "c0de", "host": "box", "torch": "2.13.0+cpu"}
+    with job_run(settings, "measured", tags={"config_hash": "abc", **machine}) as run:
+        run.log_metrics({"fps": 10.0})
+    assert find_finished_run(settings, "abc", same=machine) == run.run_id
+    assert find_finished_run(settings, "abc", same=machine | {"code_hash": "edited"}) is None
+    assert find_finished_run(settings, "abc", same=machine | {"host": "other-box"}) is None
+    assert find_finished_run(settings, "other-config", same=machine) is None
+    assert find_finished_run(settings, "abc", same={"host": "it's-quoted"}) is None  # quotes are searched, not injected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -217,6 +218,7 @@ def environment_tags() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "git_commit": _git_commit(),
+        "code_hash": code_hash(),
     }
     if torch.cuda.is_available():
         tags["gpu"] = torch.cuda.get_device_name()
@@ -238,6 +240,18 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+@functools.cache
+def code_hash() -> str:
+    """Digest of the package's source (its .py and .yaml files): a result measured by other code
+    is not this code's result, committed or not."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".yaml") and p.is_file()):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _nvidia_driver() -> str:

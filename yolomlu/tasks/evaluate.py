@@ -32,12 +32,19 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     digest = common.config_hash(cfg)
     parent = parent_run_id()
     if parent and not cfg.sweep.rerun:
-        previous = find_finished_run(settings, digest)
+        env = common.environment_tags()
+        # Only a result this code measured on this machine with this torch stands for this job.
+        same = {key: env[key] for key in ("code_hash", "host", "torch")}
+        previous = find_finished_run(settings, digest, same=same)
         if previous:
             # The job's own marks win over the copied ones: config_hash ignores them.
             own = {"baseline": str(cfg.baseline).lower(), "variant": common.variant_name(cfg)}
             reuse_run(settings, previous, name, parent_run_id=parent, tags=own)
-            print(f"[yolomlu] {name}: reused run {previous} (same config_hash {digest}; sweep.rerun=true measures again)", file=common.log_stream())
+            print(
+                f"[yolomlu] {name}: reused run {previous} (same config_hash {digest}, code, host and torch; "
+                "sweep.rerun=true measures again)",
+                file=common.log_stream(),
+            )
             return {}
     tags = {
         "task": "evaluate",

@@ -208,14 +208,16 @@ def child_runs(settings: TrackingSettings, parent_run_id: str) -> list[dict[str,
     ]
 
 
-def find_finished_run(settings: TrackingSettings, config_hash: str) -> str | None:
-    """Id of the newest FINISHED, not itself reused, run with this ``config_hash`` (MLflow only)."""
+def find_finished_run(settings: TrackingSettings, config_hash: str, same: Mapping[str, str] | None = None) -> str | None:
+    """Id of the newest FINISHED, not itself reused, run with this ``config_hash`` and the tag
+    values in ``same`` (the code and machine that measured it), MLflow only."""
     if settings.offline_dir:
         return None
     client = _client(settings.uri)
+    conditions = [f"tags.{key} = {_quoted(value)}" for key, value in {"config_hash": config_hash, **(same or {})}.items()]
     runs = client.search_runs(
         [ensure_experiment(settings)],
-        filter_string=f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
+        filter_string=" and ".join(conditions + ["attributes.status = 'FINISHED'"]),
         order_by=["attributes.start_time DESC"],
         max_results=50,
     )
@@ -223,6 +225,16 @@ def find_finished_run(settings: TrackingSettings, config_hash: str) -> str | Non
         if "reused_from" not in run.data.tags:
             return run.info.run_id
     return None
+
+
+def _quoted(value: str) -> str:
+    """``value`` as a string literal of MLflow's filter syntax (which has no escapes)."""
+    value = str(value)
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"cannot search MLflow for a tag value holding both kinds of quote: {value!r}")
 
 
 def reuse_run(
