@@ -28,8 +28,9 @@ def test_benchmark_counts_iterations_and_batch(model_and_head) -> None:
         stats = benchmark(runner, _images(3), 64, batch_size=2, warmup=1, iterations=4, head=head, nms=NMS, progress=False)
     assert (stats.batch_size, stats.iterations) == (2, 4)
     assert stats.fps == pytest.approx(2 * 1000.0 / (stats.infer_ms * 2))
-    assert stats.latency_ms_p50 <= stats.latency_ms_p90 <= stats.latency_ms_p99
-    assert stats.e2e_fps < stats.fps  # pre-process and NMS add time
+    # Orderings that hold by construction whatever the machine's speed (no speed is asserted):
+    assert stats.latency_ms_p50 <= stats.latency_ms_p90 <= stats.latency_ms_p99  # noqa: timing
+    assert stats.e2e_fps < stats.fps  # noqa: timing (pre-process and NMS add time)
     # A CPU runner has no device timer: the device-only numbers are absent, not zero.
     assert stats.device_ms is None and "device_fps" not in stats.metrics()
 
