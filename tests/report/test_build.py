@@ -113,3 +113,46 @@ def test_report_task_prints_the_table_and_the_path(sweep_store, compose_cfg, cap
     assert result == {"html": str(out_dir / "report.html"), "md": str(out_dir / "report.md"), "runs": 4}
     assert re.search(r"cpu_reference\s+FINISHED", printed) and "fused†" in printed
     assert f"report: {out_dir / 'report.html'}" in printed
+
+
+def test_repeated_sweeps_show_how_each_speed_up_spreads(tmp_path: Path):
+    from yolomlu.report.build import REPEAT_TITLE
+    from yolomlu.report.render import figure_filename
+    from yolomlu.tracking import start_run
+
+    settings = TrackingSettings(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="repeat")
+
+    def sweep(preset: str, fused_fps: float, reuse_fused: bool = False) -> str:
+        parent = start_run(settings, f"sweep-{preset}", tags={"sweep": "true", "sweep_preset": preset, "sweep_overrides": ""})
+        for variant, fps in (("ref", 50.0), ("fused", fused_fps)):
+            tags = {"variant": variant, "baseline": str(variant == "ref").lower()}
+            if reuse_fused and variant == "fused":
+                tags["reused_from"] = "earlier"
+            with job_run(settings, variant, tags=tags, parent_run_id=parent.run_id) as run:
+                run.log_metrics({"fps": fps, "latency_ms_p50": 1000 / fps})
+        parent.end("FINISHED")
+        return parent.run_id
+
+    first = sweep("study", 60.0)
+    sweep("other", 500.0)  # another preset: not a repeat of "study"
+    sweep("study", 75.0, reuse_fused=True)  # a copied result is no second sample
+    last = sweep("study", 90.0)
+    sweep("study", 10.0)  # newer than the sweep reported on: left out
+
+    result = build_report(settings, last, tmp_path / "r", repeats=3)
+    repeats = result.repeats.set_index("variant")
+    assert list(repeats.columns[:3]) == ["sweep 1", "sweep 2", "sweep 3"]
+    assert repeats.loc["fused", "sweep 1"] == pytest.approx(60 / 50)
+    assert pd.isna(repeats.loc["fused", "sweep 2"])
+    assert repeats.loc["fused", "sweep 3"] == pytest.approx(90 / 50)
+    assert repeats.loc["fused", "spread"] == pytest.approx((1.8 - 1.2) / 1.5)
+    assert repeats.loc["ref", "median"] == 1.0
+    assert any(first[:8] in n for n in result.notes)
+    md = result.md.read_text()
+    assert "## Repeatability: speedup_fps in 3 runs of this sweep" in md and "1.80×" in md and "40 %" in md
+    assert (tmp_path / "r" / figure_filename(REPEAT_TITLE)).is_file()
+
+    asked_too_many = build_report(settings, last, tmp_path / "r5", repeats=5)
+    assert any("holds 3 runs of this sweep" in n for n in asked_too_many.notes)
+    with pytest.raises(ValueError, match="report.repeats=0"):
+        build_report(settings, last, tmp_path / "r0", repeats=0)

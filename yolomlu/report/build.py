@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from yolomlu.report.compare import comparison_table
-from yolomlu.report.plots import pareto_plot, per_class_plot, profile_plots
+from yolomlu.report.compare import comparison_table, repeat_table
+from yolomlu.report.plots import pareto_plot, per_class_plot, profile_plots, repeat_plot
 from yolomlu.report.render import CSV_NAME, figure_filename, write_report
-from yolomlu.tracking import TrackingSettings, fetch_runs, latest_sweep, load_table_artifact, log_report
+from yolomlu.tracking import TrackingSettings, fetch_runs, latest_sweep, load_table_artifact, log_report, repeat_sweeps
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -22,6 +22,7 @@ PROFILE_ARTIFACT = "layer_profile.json"
 PARETO_TITLE = "Pareto plot: map50_95 against fps"
 PER_CLASS_TITLE = "Per-class AP"
 PROFILE_TITLE = "Layer profiles"
+REPEAT_TITLE = "Speed-ups over repeated sweeps"
 
 
 @dataclass
@@ -31,6 +32,7 @@ class ReportResult:
     md: Path
     parent_run_id: str | None = None  # where the report was logged (None: all runs of the experiment)
     notes: list[str] = field(default_factory=list)
+    repeats: pd.DataFrame | None = None  # repeat_table over the repeated sweeps, when asked for
 
 
 def select_runs(settings: TrackingSettings, parent_run_id: str | None) -> tuple[pd.DataFrame, str | None, str]:
@@ -77,13 +79,16 @@ def build_figures(
     return figures
 
 
-def build_report(settings: TrackingSettings, parent_run_id: str | None, out_dir: Path) -> ReportResult:
+def build_report(settings: TrackingSettings, parent_run_id: str | None, out_dir: Path, repeats: int = 1) -> ReportResult:
     """Read a sweep's runs, compare them, write ``report.html`` and ``report.md`` (with PNGs and
     ``comparison.csv``) into ``out_dir``, and log those files to the parent run under ``report/``.
 
     ``parent_run_id`` None: the newest sweep in ``settings.experiment``; with no sweep at all, every
-    run of the experiment (then nothing is logged: there is no parent to log to).
+    run of the experiment (then nothing is logged: there is no parent to log to). ``repeats`` > 1
+    adds how the speed-ups spread over that many runs of the same sweep (the newest ones up to it).
     """
+    if repeats < 1:
+        raise ValueError(f"report.repeats={repeats} must be 1 or more")
     runs, parent, chosen = select_runs(settings, parent_run_id)
     table = comparison_table(runs)
     per_class = load_tables(settings, table, PER_CLASS_ARTIFACT)
@@ -91,12 +96,22 @@ def build_report(settings: TrackingSettings, parent_run_id: str | None, out_dir:
     figures = build_figures(table, per_class, profiles)
 
     notes = [f"Runs: {chosen}, store {settings.uri}; written {time.strftime('%Y-%m-%d %H:%M:%S')}."]
+    spread = None
+    if repeats > 1 and parent:
+        sweeps = repeat_sweeps(settings, parent, repeats)
+        spread = repeat_table([comparison_table(fetch_runs(settings, parent_run_id=s)) for s in sweeps])
+        figures[REPEAT_TITLE] = repeat_plot(spread)
+        notes.append(f"Repeatability: {len(sweeps)} runs of this sweep ({', '.join(s[:8] for s in sweeps)}), oldest first")
+        if len(sweeps) < repeats:
+            notes.append(f"report.repeats={repeats} but the store holds {len(sweeps)} runs of this sweep")
+    elif repeats > 1:
+        notes.append("report.repeats needs a sweep: these runs have none")
     notes += table.attrs.get("notes", [])
     if not profiles and len(table):
         notes.append(f"no run logged {PROFILE_ARTIFACT}: no layer-profile charts")
     title = f"yolomlu comparison — {settings.experiment}" + (f" / sweep {parent[:8]}" if parent else "")
-    html_path, md_path = write_report(table, figures, Path(out_dir), title, notes)
+    html_path, md_path = write_report(table, figures, Path(out_dir), title, notes, repeats=spread)
     if parent:
         files = [html_path, md_path, html_path.parent / CSV_NAME] + [html_path.parent / figure_filename(t) for t in figures]
         log_report(settings, parent, files)
-    return ReportResult(table=table, html=html_path, md=md_path, parent_run_id=parent, notes=notes)
+    return ReportResult(table=table, html=html_path, md=md_path, parent_run_id=parent, notes=notes, repeats=spread)

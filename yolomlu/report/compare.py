@@ -7,6 +7,7 @@ no store access, so it is tested with hand-built frames.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -169,3 +170,27 @@ def _dtype(column: str) -> str:
     if column in ("run_id", "variant", "status", "reused_from", "accuracy", "error"):
         return "object"
     return "float64"
+
+
+def repeat_table(tables: Sequence[pd.DataFrame], metric: str = "speedup_fps") -> pd.DataFrame:
+    """How one sweep's result holds up when the sweep is run again: ``metric`` of each variant in
+    each of ``tables`` (comparison tables of repeated sweeps, oldest first), with its min, median
+    and max and ``spread`` = (max - min) / median.
+
+    Columns: ``variant``, ``sweep 1`` … ``sweep N``, ``min``, ``median``, ``max``, ``spread``. Rows:
+    the variants of the last table, in its order. A cell is NaN where that sweep has no measurement
+    of its own: the variant failed, was missing, or was reused from an earlier run (a copy is not
+    a second sample).
+    """
+    sweeps = [f"sweep {i + 1}" for i in range(len(tables))]
+    variants = list(tables[-1]["variant"]) if tables else []
+    out = pd.DataFrame({"variant": variants})
+    for label, table in zip(sweeps, tables):
+        measured = table[(table["status"] == "FINISHED") & ~table["reused"].astype(bool)]
+        values = measured.drop_duplicates("variant").set_index("variant")[metric]
+        out[label] = [float(values.get(v, math.nan)) for v in variants]
+    samples = out[sweeps] if sweeps else pd.DataFrame(index=out.index)
+    out["min"], out["median"], out["max"] = samples.min(axis=1), samples.median(axis=1), samples.max(axis=1)
+    out["spread"] = (out["max"] - out["min"]) / out["median"]
+    out.attrs["metric"] = metric
+    return out

@@ -1,4 +1,5 @@
-"""Figures for the report: Pareto plot (map50_95 vs fps), per-class AP, layer profiles side by side.
+"""Figures for the report: Pareto plot (map50_95 vs fps), per-class AP, layer profiles side by side,
+and how the speed-ups of repeated sweeps spread.
 
 Each function returns a ``matplotlib.figure.Figure`` drawn on its own Agg canvas. Nothing goes
 through ``pyplot``: no global backend is chosen, no figure is registered (so none needs closing),
@@ -189,6 +190,29 @@ def profile_plots(profiles: Mapping[str, pd.DataFrame]) -> Figure:
     axes[0].invert_yaxis()
     for ax in axes[len(variants) :]:
         ax.set_axis_off()
+    return fig
+
+
+def repeat_plot(repeats: pd.DataFrame) -> Figure:
+    """One row per variant: the speed-up each repeated sweep measured (dots), joined from min to
+    max, with the median marked; a dashed line at 1 (the baseline). ``repeats`` is
+    :func:`yolomlu.report.compare.repeat_table`'s output."""
+    sweeps = [c for c in repeats.columns if c.startswith("sweep ")]
+    fig = _figure(7.5, 0.45 * len(repeats) + 1.4)
+    ax = fig.add_subplot()
+    ys = np.arange(len(repeats))[::-1]
+    for y, (_, row) in zip(ys, repeats.iterrows()):
+        values = row[sweeps].astype(float).dropna()
+        if values.empty:
+            continue
+        ax.plot([values.min(), values.max()], [y, y], color="0.7", linewidth=3, solid_capstyle="round", zorder=1)
+        ax.scatter(values, [y] * len(values), color=POINT_COLOR, s=22, zorder=2)
+        ax.scatter([row["median"]], [y], color=FRONT_COLOR, marker="|", s=260, zorder=3)
+    ax.axvline(1.0, color="0.4", linestyle="--", linewidth=1)
+    ax.set_yticks(ys, list(repeats["variant"]))
+    ax.set_xlabel(f"{repeats.attrs.get('metric', 'speedup_fps')} against each sweep's baseline (dots: sweeps, bar: median)")
+    ax.set_title(f"Repeatability over {len(sweeps)} sweeps")
+    ax.grid(axis="x", alpha=0.3)
     return fig
 
 

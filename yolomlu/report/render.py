@@ -51,6 +51,7 @@ def _fmt(kind: str) -> Callable[[float], str]:
         "int": lambda v: f"{v:.0f}",
         "params": lambda v: f"{v / 1e6:.2f} M",
         "sci": lambda v: f"{v:.1e}",
+        "percent": lambda v: f"{v * 100:.0f} %",
     }
     return formats[kind]
 
@@ -137,6 +138,20 @@ def format_table(table: pd.DataFrame, columns: Sequence[tuple[str, str, str]] = 
     return out.reset_index(drop=True)
 
 
+def format_repeats(repeats: pd.DataFrame) -> pd.DataFrame:
+    """:func:`yolomlu.report.compare.repeat_table` as display strings."""
+    out = pd.DataFrame({"variant": repeats["variant"].astype(str)})
+    for column in repeats.columns[1:]:
+        fmt = _fmt("percent" if column == "spread" else "speedup")
+        out[column] = [MISSING if pd.isna(v) else fmt(float(v)) for v in repeats[column]]
+    return out.reset_index(drop=True)
+
+
+def repeats_title(repeats: pd.DataFrame) -> str:
+    n = sum(c.startswith("sweep ") for c in repeats.columns)
+    return f"Repeatability: {repeats.attrs.get('metric', 'speedup_fps')} in {n} runs of this sweep"
+
+
 def figure_filename(title: str) -> str:
     """The PNG file name a figure titled ``title`` is written to."""
     return re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_") + ".png"
@@ -148,11 +163,13 @@ def write_report(
     out_dir: Path,
     title: str,
     notes: Sequence[str] = (),
+    repeats: pd.DataFrame | None = None,
 ) -> tuple[Path, Path]:
     """Write ``report.html`` (figures embedded), ``report.md`` with one PNG per figure beside it,
     and the raw table as ``comparison.csv``, into ``out_dir``; return (html_path, md_path).
 
-    ``figures`` maps a section title to a matplotlib Figure; ``notes`` are shown under the title.
+    ``figures`` maps a section title to a matplotlib Figure; ``notes`` are shown under the title;
+    ``repeats`` (a repeat_table) gets a section after the variants.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -172,9 +189,13 @@ def write_report(
         for status, base in zip(table.get("status", [""] * len(table)), table.get("baseline", [False] * len(table)))
     ]
 
+    extra: list[tuple[str, pd.DataFrame]] = []
+    if repeats is not None:
+        extra.append((repeats_title(repeats), format_repeats(repeats)))
+
     html_path, md_path = out_dir / HTML_NAME, out_dir / MD_NAME
-    html_path.write_text(_html(title, notes, summary, details, row_classes, pngs, footnote), encoding="utf-8")
-    md_path.write_text(_markdown(title, notes, summary, details, pngs, footnote), encoding="utf-8")
+    html_path.write_text(_html(title, notes, summary, details, row_classes, pngs, footnote, extra), encoding="utf-8")
+    md_path.write_text(_markdown(title, notes, summary, details, pngs, footnote, extra), encoding="utf-8")
     return html_path, md_path
 
 
@@ -210,7 +231,7 @@ def _html_table(frame: pd.DataFrame, row_classes: Sequence[str]) -> str:
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
-def _html(title: str, notes, summary, details, row_classes, pngs: Mapping[str, bytes], footnote: str) -> str:
+def _html(title: str, notes, summary, details, row_classes, pngs: Mapping[str, bytes], footnote: str, extra=()) -> str:
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -222,6 +243,8 @@ def _html(title: str, notes, summary, details, row_classes, pngs: Mapping[str, b
     parts += ["<h2>Variants</h2>", _html_table(summary, row_classes)]
     if footnote:
         parts.append(f'<p class="footnote">{html.escape(footnote)}</p>')
+    for name, frame in extra:
+        parts += [f"<h2>{html.escape(name)}</h2>", _html_table(frame, [])]
     if not details.empty:
         parts += ["<h2>Accuracy details and time split</h2>", _html_table(details, row_classes)]
     for name, data in pngs.items():
@@ -245,13 +268,15 @@ def _md_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _markdown(title: str, notes, summary, details, pngs: Mapping[str, bytes], footnote: str) -> str:
+def _markdown(title: str, notes, summary, details, pngs: Mapping[str, bytes], footnote: str, extra=()) -> str:
     parts = [f"# {title}\n"]
     if notes:
         parts.append("".join(f"- {n}\n" for n in notes))
     parts += ["## Variants\n", _md_table(summary)]
     if footnote:
         parts.append(f"{footnote}\n")
+    for name, frame in extra:
+        parts += [f"## {name}\n", _md_table(frame)]
     if not details.empty:
         parts += ["## Accuracy details and time split\n", _md_table(details)]
     for name in pngs:

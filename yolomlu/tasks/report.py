@@ -13,13 +13,17 @@ def report_task(cfg: DictConfig) -> dict[str, str | int]:
     """Report on ``cfg.report.parent`` (null: the newest sweep) into ``cfg.report.out_dir``; print
     the comparison table and the report's path; return the paths and the number of runs."""
     from yolomlu.report import build_report, format_table
+    from yolomlu.report.render import format_repeats, repeats_title
 
     settings = common.tracking_settings(cfg)
-    result = build_report(settings, cfg.report.parent, Path(cfg.report.out_dir).expanduser())
+    result = build_report(settings, cfg.report.parent, Path(cfg.report.out_dir).expanduser(), repeats=cfg.report.repeats)
     out = common.log_stream()
     for note in result.notes:
         print(f"[yolomlu] {note}", file=out)
     print(format_table(result.table).to_string(index=False), file=out)
+    if result.repeats is not None:
+        print(f"[yolomlu] {repeats_title(result.repeats)}", file=out)
+        print(format_repeats(result.repeats).to_string(index=False), file=out)
     print(f"[yolomlu] report: {result.html.resolve()}", file=out)
     print(f"[yolomlu] markdown: {result.md.resolve()}", file=out)
     return {"html": str(result.html), "md": str(result.md), "runs": len(result.table)}

@@ -1,6 +1,6 @@
 """Experiment tracking. The only package that imports mlflow."""
 
-from yolomlu.tracking.query import fetch_runs, latest_sweep, load_table_artifact, log_report
+from yolomlu.tracking.query import fetch_runs, latest_sweep, load_table_artifact, log_report, repeat_sweeps
 from yolomlu.tracking.store import (
     RunLogger,
     TrackingSettings,
@@ -29,6 +29,7 @@ __all__ = [
     "latest_sweep",
     "load_table_artifact",
     "log_report",
+    "repeat_sweeps",
     "reuse_run",
     "start_run",
 ]

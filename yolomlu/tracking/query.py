@@ -121,6 +121,29 @@ def latest_sweep(settings: TrackingSettings) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def repeat_sweeps(settings: TrackingSettings, parent_run_id: str, n: int) -> list[str]:
+    """Ids of the newest ``n`` sweeps (oldest first, ``parent_run_id`` last) that ran the same sweep
+    preset with the same overrides as ``parent_run_id`` and started no later than it."""
+    from mlflow.exceptions import MlflowException
+
+    client = _reader(settings)
+    try:
+        parent = client.get_run(parent_run_id)
+    except MlflowException as exc:
+        raise ValueError(f"no run {parent_run_id!r} in {settings.uri}") from exc
+    conditions = ["tags.sweep = 'true'", f"attributes.start_time <= {parent.info.start_time}"]
+    for key in ("sweep_preset", "sweep_overrides"):
+        value = parent.data.tags.get(key)
+        if value is not None and "'" not in value:
+            conditions.append(f"tags.{key} = '{value}'")
+    runs = client.search_runs(
+        [parent.info.experiment_id], filter_string=" and ".join(conditions),
+        order_by=["attributes.start_time DESC"], max_results=max(n, 1),
+    )  # fmt: skip
+    ids = [r.info.run_id for r in runs if r.info.run_id != parent_run_id][: n - 1]
+    return ids[::-1] + [parent_run_id]
+
+
 def load_table_artifact(settings: TrackingSettings, run_id: str, path: str) -> pd.DataFrame | None:
     """A table logged with ``log_table`` (JSON, ``orient='split'``); None if the run has no such file."""
     client = _reader(settings)
