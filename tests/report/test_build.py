@@ -122,8 +122,9 @@ def test_repeated_sweeps_show_how_each_speed_up_spreads(tmp_path: Path):
 
     settings = TrackingSettings(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="repeat")
 
-    def sweep(preset: str, fused_fps: float, reuse_fused: bool = False) -> str:
-        parent = start_run(settings, f"sweep-{preset}", tags={"sweep": "true", "sweep_preset": preset, "sweep_overrides": ""})
+    def sweep(preset: str, fused_fps: float, reuse_fused: bool = False, code: str = "c0de") -> str:
+        tags = {"sweep": "true", "sweep_preset": preset, "sweep_overrides": "", "code_hash": code, "host": "box"}
+        parent = start_run(settings, f"sweep-{preset}", tags=tags)
         for variant, fps in (("ref", 50.0), ("fused", fused_fps)):
             tags = {"variant": variant, "baseline": str(variant == "ref").lower()}
             if reuse_fused and variant == "fused":
@@ -133,6 +134,7 @@ def test_repeated_sweeps_show_how_each_speed_up_spreads(tmp_path: Path):
         parent.end("FINISHED")
         return parent.run_id
 
+    sweep("study", 70.0, code="older")  # measured by other code: not a repeat either
     first = sweep("study", 60.0)
     sweep("other", 500.0)  # another preset: not a repeat of "study"
     sweep("study", 75.0, reuse_fused=True)  # a copied result is no second sample

@@ -123,7 +123,8 @@ def latest_sweep(settings: TrackingSettings) -> str | None:
 
 def repeat_sweeps(settings: TrackingSettings, parent_run_id: str, n: int) -> list[str]:
     """Ids of the newest ``n`` sweeps (oldest first, ``parent_run_id`` last) that ran the same sweep
-    preset with the same overrides as ``parent_run_id`` and started no later than it."""
+    preset with the same overrides as ``parent_run_id``, with the same code on the same host, and
+    started no later than it."""
     from mlflow.exceptions import MlflowException
 
     client = _reader(settings)
@@ -132,7 +133,7 @@ def repeat_sweeps(settings: TrackingSettings, parent_run_id: str, n: int) -> lis
     except MlflowException as exc:
         raise ValueError(f"no run {parent_run_id!r} in {settings.uri}") from exc
     conditions = ["tags.sweep = 'true'", f"attributes.start_time <= {parent.info.start_time}"]
-    for key in ("sweep_preset", "sweep_overrides"):
+    for key in ("sweep_preset", "sweep_overrides", "code_hash", "host"):
         value = parent.data.tags.get(key)
         if value is not None and "'" not in value:
             conditions.append(f"tags.{key} = '{value}'")
