@@ -122,7 +122,7 @@ def test_repeated_sweeps_show_how_each_speed_up_spreads(tmp_path: Path):
 
     settings = TrackingSettings(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="repeat")
 
-    def sweep(preset: str, fused_fps: float, reuse_fused: bool = False, code: str = "c0de") -> str:
+    def sweep(preset: str, fused_fps: float, reuse_fused: bool = False, code: str = "c0de", reuse_all: bool = False) -> str:
         tags = {"sweep": "true", "sweep_preset": preset, "sweep_overrides": "", "code_hash": code, "host": "box"}
         parent = start_run(settings, f"sweep-{preset}", tags=tags)
         for variant, fps in (("ref", 50.0), ("fused", fused_fps)):
@@ -131,6 +131,7 @@ def test_repeated_sweeps_show_how_each_speed_up_spreads(tmp_path: Path):
                 tags["reused_from"] = "earlier"
             with job_run(settings, variant, tags=tags, parent_run_id=parent.run_id) as run:
                 run.log_metrics({"fps": fps, "latency_ms_p50": 1000 / fps})
+        parent.set_tags({"jobs": 2, "jobs_reused": 2 if reuse_all else int(reuse_fused)})
         parent.end("FINISHED")
         return parent.run_id
 
@@ -138,6 +139,7 @@ def test_repeated_sweeps_show_how_each_speed_up_spreads(tmp_path: Path):
     first = sweep("study", 60.0)
     sweep("other", 500.0)  # another preset: not a repeat of "study"
     sweep("study", 75.0, reuse_fused=True)  # a copied result is no second sample
+    sweep("study", 77.0, reuse_all=True)  # a sweep that measured nothing is not a run at all
     last = sweep("study", 90.0)
     sweep("study", 10.0)  # newer than the sweep reported on: left out
 

@@ -71,3 +71,41 @@ def test_other_launchers_record_children_under_one_parent(run_cli, read_runs, tm
     children = runs[runs["tags.mlflow.parentRunId"] == parent.iloc[0]["run_id"]]
     assert len(parent) == 1 and parent.iloc[0]["status"] == "FINISHED"
     assert sorted(children["params.bench.batch_size"]) == ["1", "2"] and set(children["status"]) == {"FINISHED"}
+
+
+def test_a_terminated_sweep_closes_its_runs_as_killed(read_runs, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # Two jobs; the first benchmarks (nearly) forever, so SIGTERM lands inside it.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "yolomlu", "-m", *TINY, "bench.iters=10000000", "bench.warmup=0,1"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            db = tmp_path / "mlflow.db"
+            if db.exists():
+                runs = read_runs(db)
+                if "tags.mlflow.parentRunId" in runs and runs["tags.mlflow.parentRunId"].notna().any():
+                    break  # the first job's run is open
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    runs = read_runs(tmp_path / "mlflow.db")
+    parent = runs[runs["tags.sweep"] == "true"].iloc[0]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]]
+    assert parent["status"] == "KILLED" and parent["tags.jobs"] == "1"
+    assert list(children["status"]) == ["KILLED"]  # the second job never started
+    assert "SIGTERM" in children.iloc[0]["tags.error"]
+    assert "sweep interrupted" in err

@@ -8,6 +8,7 @@ environment variable ``YOLOMLU_PARENT_RUN_ID`` (inherited by joblib and submitit
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -91,23 +92,37 @@ class SweepTracking(Callback):
             tags={"sweep": "true", "sweep_preset": preset, "sweep_overrides": overrides, **common.environment_tags()},
         )
         os.environ[PARENT_ENV] = self._parent.run_id
+        # Ctrl-C or SIGTERM skips on_multirun_end: close the parent on the way out instead.
+        atexit.register(self._close_interrupted)
         print(f"[yolomlu] sweep parent run {self._parent.run_id} ({self._settings.uri})", file=common.log_stream())
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self._parent is None:
             return
-        os.environ.pop(PARENT_ENV, None)
-        children = child_runs(self._settings, self._parent.run_id)
-        failed = [c for c in children if c["status"] != "FINISHED"]
-        reused = [c for c in children if c["reused_from"]]
-        summary = format_summary(children)
-        self._parent.set_tags({"jobs": len(children), "jobs_failed": len(failed), "jobs_reused": len(reused)})
-        self._parent.log_text(summary, "sweep_summary.txt")
-        self._parent.end("FINISHED")
-        print(summary, file=common.log_stream())
+        atexit.unregister(self._close_interrupted)
+        failed, children = self._close("FINISHED")
         if failed:
             # Hydra itself would exit 0: the jobs' exceptions were recorded, not raised.
             raise SystemExit(f"[yolomlu] {len(failed)} of {len(children)} jobs failed (see the summary above)")
+
+    def _close(self, status: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        """End the parent run with ``status`` and the summary of its children so far."""
+        os.environ.pop(PARENT_ENV, None)
+        parent, self._parent = self._parent, None
+        children = child_runs(self._settings, parent.run_id)
+        failed = [c for c in children if c["status"] != "FINISHED"]
+        reused = [c for c in children if c["reused_from"]]
+        summary = format_summary(children)
+        parent.set_tags({"jobs": len(children), "jobs_failed": len(failed), "jobs_reused": len(reused)})
+        parent.log_text(summary, "sweep_summary.txt")
+        parent.end(status)
+        print(summary, file=common.log_stream())
+        return failed, children
+
+    def _close_interrupted(self) -> None:
+        if self._parent is not None:
+            print("[yolomlu] sweep interrupted: closing its run as KILLED", file=sys.stderr)
+            self._close("KILLED")
 
 
 def format_summary(children: list[dict[str, str]]) -> str:

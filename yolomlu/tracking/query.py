@@ -124,7 +124,7 @@ def latest_sweep(settings: TrackingSettings) -> str | None:
 def repeat_sweeps(settings: TrackingSettings, parent_run_id: str, n: int) -> list[str]:
     """Ids of the newest ``n`` sweeps (oldest first, ``parent_run_id`` last) that ran the same sweep
     preset with the same overrides as ``parent_run_id``, with the same code on the same host, and
-    started no later than it."""
+    started no later than it. A sweep all of whose jobs were reused measured nothing: it is skipped."""
     from mlflow.exceptions import MlflowException
 
     client = _reader(settings)
@@ -139,9 +139,14 @@ def repeat_sweeps(settings: TrackingSettings, parent_run_id: str, n: int) -> lis
             conditions.append(f"tags.{key} = '{value}'")
     runs = client.search_runs(
         [parent.info.experiment_id], filter_string=" and ".join(conditions),
-        order_by=["attributes.start_time DESC"], max_results=max(n, 1),
+        order_by=["attributes.start_time DESC"], max_results=_PAGE,
     )  # fmt: skip
-    ids = [r.info.run_id for r in runs if r.info.run_id != parent_run_id][: n - 1]
+
+    def measured(run) -> bool:
+        jobs, reused = run.data.tags.get("jobs"), run.data.tags.get("jobs_reused")
+        return not (jobs and jobs != "0" and reused == jobs)
+
+    ids = [r.info.run_id for r in runs if r.info.run_id != parent_run_id and measured(r)][: n - 1]
     return ids[::-1] + [parent_run_id]
 
 
