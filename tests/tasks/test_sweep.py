@@ -73,6 +73,24 @@ def test_other_launchers_record_children_under_one_parent(run_cli, read_runs, tm
     assert sorted(children["params.bench.batch_size"]) == ["1", "2"] and set(children["status"]) == {"FINISHED"}
 
 
+def _job_started(db: Path) -> bool:
+    """Whether a child run in ``db`` has logged its params (so its job is under way). Read-only
+    SQL: an MLflow client here could race the sweep's own creation of the store's schema."""
+    import sqlite3
+
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM params WHERE run_uuid IN"
+                " (SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId')"
+            ).fetchone()
+        return row[0] > 0
+    except sqlite3.Error:  # the schema is still being created
+        return False
+
+
 def test_a_terminated_sweep_closes_its_runs_as_killed(read_runs, tmp_path: Path) -> None:
     import os
     import signal
@@ -88,15 +106,9 @@ def test_a_terminated_sweep_closes_its_runs_as_killed(read_runs, tmp_path: Path)
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            db = tmp_path / "mlflow.db"
-            if db.exists():
-                runs = read_runs(db)
-                if "tags.mlflow.parentRunId" in runs and runs["tags.mlflow.parentRunId"].notna().any():
-                    break  # the first job's run is open
+        while time.monotonic() < deadline and proc.poll() is None and not _job_started(tmp_path / "mlflow.db"):
             time.sleep(0.5)
         assert proc.poll() is None, proc.communicate()
-        time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
