@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from yolomlu import interrupts
 from yolomlu.types import LayerProfile
 
 
@@ -72,6 +73,7 @@ class Runner(abc.ABC):
         """Run one batch; return the outputs and the seconds it took, device synchronised."""
         if not self.is_active:
             raise BackendError(f"{self.name} runner is not active: use it as a context manager")
+        interrupts.check()  # a Ctrl-C or SIGTERM that library code swallowed still stops the loop
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected a batch [B, 3, H, W], got {tuple(batch.shape)}")
         self._synchronize()

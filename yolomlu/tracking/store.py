@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from yolomlu.interrupts import uninterrupted
 from yolomlu.tracking.records import OfflineRunLogger, find_records, read_record
 
 # mlflow's SQLite store runs alembic migrations on first use and logs every step at INFO.
@@ -49,12 +50,34 @@ def _artifact_location(settings: TrackingSettings) -> str | None:
     return None  # a tracking server decides
 
 
+class _UninterruptedClient:
+    """An MlflowClient whose every call completes before a Ctrl-C or SIGTERM is raised."""
+
+    def __init__(self, client) -> None:
+        self._inner = client
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_inner" or name.startswith("__"):
+            # Unpickling (a launcher ships the sweep's callback to its workers) looks these up
+            # before _inner exists: answer without recursing.
+            raise AttributeError(name)
+        attribute = getattr(self._inner, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            with uninterrupted():
+                return attribute(*args, **kwargs)
+
+        return call
+
+
 def _client(uri: str):
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    return _UninterruptedClient(MlflowClient(tracking_uri=uri))
 
 
 def ensure_experiment(settings: TrackingSettings) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from yolomlu import interrupts
 from yolomlu.backends.torch_runner import TorchRunner
 from yolomlu.data.categories import category_ids_for_model
 from yolomlu.data.coco import CocoDataset
@@ -289,6 +290,7 @@ def _train(
         seen = 0
         bar = tqdm(loader, total=nb, desc=f"train {epoch + 1}/{s.epochs}", unit="batch", disable=not progress, leave=False)
         for i, (images, targets) in enumerate(bar):
+            interrupts.check()
             it = epoch * nb + i
             factor = lr_factor(epoch + i / nb)
             if it < warmup_iters:
