@@ -169,9 +169,12 @@ class TorchRunner(Runner):
         return digest.hexdigest()[:12]
 
     # -- inference ---------------------------------------------------------------------------
+    def _on_device(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.to(self._device, dtype=self._dtype).contiguous(memory_format=self._memory_format)
+
     @torch.inference_mode()
     def _infer_impl(self, batch: torch.Tensor) -> list[torch.Tensor]:
-        x = batch.to(self._device, dtype=self._dtype).contiguous(memory_format=self._memory_format)
+        x = self._on_device(batch)
         if self._events is None:
             outputs = self._module(x)
         else:
@@ -200,8 +203,7 @@ class TorchRunner(Runner):
 
     @torch.inference_mode()
     def _infer_uncaptured(self, batch: torch.Tensor) -> list[torch.Tensor]:
-        x = batch.to(self._device, dtype=self._dtype).contiguous(memory_format=self._memory_format)
-        return [y.float().cpu() for y in self._module.module(x)]
+        return [y.float().cpu() for y in self._module.module(self._on_device(batch))]
 
     def _profile_impl(self, batch: torch.Tensor, passes: int) -> LayerProfile:
         from torch.profiler import ProfilerActivity, profile

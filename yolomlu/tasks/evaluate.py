@@ -31,8 +31,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     name = common.run_name(cfg)
     digest = common.config_hash(cfg)
     parent = parent_run_id()
+    env = common.environment_tags()
     if parent and not cfg.sweep.rerun:
-        env = common.environment_tags()
         # Only a result this code measured on this machine with this torch stands for this job.
         same = {key: env[key] for key in ("code_hash", "host", "torch")}
         previous = find_finished_run(settings, digest, same=same)
@@ -51,7 +51,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         "variant": common.variant_name(cfg),
         "config_hash": digest,
         "baseline": str(cfg.baseline).lower(),
-        **common.environment_tags(),
+        **env,
     }
     with job_run(settings, name, tags=tags, parent_run_id=parent) as run:
         metrics = _run_job(cfg, run)
