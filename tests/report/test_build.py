@@ -122,8 +122,8 @@ def test_repeated_sweeps_show_how_each_speed_up_spreads(tmp_path: Path):
 
     settings = TrackingSettings(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="repeat")
 
-    def sweep(preset: str, fused_fps: float, reuse_fused: bool = False, code: str = "c0de", reuse_all: bool = False) -> str:
-        tags = {"sweep": "true", "sweep_preset": preset, "sweep_overrides": "", "code_hash": code, "host": "box"}
+    def sweep(preset, fused_fps, reuse_fused=False, code="c0de", reuse_all=False, overrides="") -> str:
+        tags = {"sweep": "true", "sweep_preset": preset, "sweep_overrides": overrides, "code_hash": code, "host": "box"}
         parent = start_run(settings, f"sweep-{preset}", tags=tags)
         for variant, fps in (("ref", 50.0), ("fused", fused_fps)):
             tags = {"variant": variant, "baseline": str(variant == "ref").lower()}
@@ -140,7 +140,8 @@ def test_repeated_sweeps_show_how_each_speed_up_spreads(tmp_path: Path):
     sweep("other", 500.0)  # another preset: not a repeat of "study"
     sweep("study", 75.0, reuse_fused=True)  # a copied result is no second sample
     sweep("study", 77.0, reuse_all=True)  # a sweep that measured nothing is not a run at all
-    last = sweep("study", 90.0)
+    sweep("study", 65.0, overrides="bench.iters=5")  # it measured something else
+    last = sweep("study", 90.0, overrides="sweep.rerun=true")  # bookkeeping: the same measurement
     sweep("study", 10.0)  # newer than the sweep reported on: left out
 
     result = build_report(settings, last, tmp_path / "r", repeats=3)

@@ -25,6 +25,7 @@ from yolomlu.evaluate.pipeline import DetectHead, NmsSettings
 from yolomlu.model import build_yolov5
 from yolomlu.model.checkpoint import load_weights
 from yolomlu.tracking import TrackingSettings, default_tracking_uri
+from yolomlu.tracking.query import BOOKKEEPING_OVERRIDES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # model.weights=demo: the checkpoint trained on the synthetic set, shipped as package data.
@@ -118,8 +119,7 @@ def variant_name(cfg: DictConfig) -> str:
 
     if HydraConfig.initialized():
         # Where and how a result is recorded does not name the variant.
-        bookkeeping = ("experiments/sweep=", "sweep.", "tracking.", "paths.", "report.", "hydra")
-        overrides = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(bookkeeping)]
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(BOOKKEEPING_OVERRIDES)]
         preset = [o.split("=", 1)[1] for o in overrides if o.startswith("experiments=")]
         rest = [o for o in overrides if not o.startswith("experiments=")]
         if preset or rest:

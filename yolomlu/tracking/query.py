@@ -16,12 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from yolomlu.tracking.store import TrackingSettings, _client
+from yolomlu.tracking.store import TrackingSettings, _client, _quoted
 
 if TYPE_CHECKING:  # pandas is imported where it is used, so `import yolomlu.tracking` stays cheap
     import pandas as pd
 
 _PAGE = 1000  # runs per search_runs page (MLflow's pandas helper uses the same)
+# Command-line overrides that say where and how a job is recorded, not what it measures.
+BOOKKEEPING_OVERRIDES = ("experiments/sweep=", "sweep.", "tracking.", "paths.", "report.", "hydra")
 REPORT_ARTIFACT_DIR = "report"
 
 
@@ -123,8 +125,9 @@ def latest_sweep(settings: TrackingSettings) -> str | None:
 
 def repeat_sweeps(settings: TrackingSettings, parent_run_id: str, n: int) -> list[str]:
     """Ids of the newest ``n`` sweeps (oldest first, ``parent_run_id`` last) that ran the same sweep
-    preset with the same overrides as ``parent_run_id``, with the same code on the same host, and
-    started no later than it. A sweep all of whose jobs were reused measured nothing: it is skipped."""
+    preset with the same overrides as ``parent_run_id`` (bookkeeping ones such as
+    ``sweep.rerun=true`` aside), with the same code on the same host, and started no later than it.
+    A sweep all of whose jobs were reused measured nothing: it is skipped."""
     from mlflow.exceptions import MlflowException
 
     client = _reader(settings)
@@ -133,20 +136,25 @@ def repeat_sweeps(settings: TrackingSettings, parent_run_id: str, n: int) -> lis
     except MlflowException as exc:
         raise ValueError(f"no run {parent_run_id!r} in {settings.uri}") from exc
     conditions = ["tags.sweep = 'true'", f"attributes.start_time <= {parent.info.start_time}"]
-    for key in ("sweep_preset", "sweep_overrides", "code_hash", "host"):
-        value = parent.data.tags.get(key)
-        if value is not None and "'" not in value:
-            conditions.append(f"tags.{key} = '{value}'")
+    for key in ("sweep_preset", "code_hash", "host"):
+        if (value := parent.data.tags.get(key)) is not None:
+            conditions.append(f"tags.{key} = {_quoted(value)}")
     runs = client.search_runs(
         [parent.info.experiment_id], filter_string=" and ".join(conditions),
         order_by=["attributes.start_time DESC"], max_results=_PAGE,
     )  # fmt: skip
 
+    def what_it_measures(run) -> list[str]:
+        overrides = run.data.tags.get("sweep_overrides", "").split()
+        return sorted(o for o in overrides if not o.lstrip("+~").startswith(BOOKKEEPING_OVERRIDES))
+
     def measured(run) -> bool:
         jobs, reused = run.data.tags.get("jobs"), run.data.tags.get("jobs_reused")
         return not (jobs and jobs != "0" and reused == jobs)
 
-    ids = [r.info.run_id for r in runs if r.info.run_id != parent_run_id and measured(r)][: n - 1]
+    same = what_it_measures(parent)
+    repeats = [r for r in runs if r.info.run_id != parent_run_id and measured(r) and what_it_measures(r) == same]
+    ids = [r.info.run_id for r in repeats][: n - 1]
     return ids[::-1] + [parent_run_id]
 
 
