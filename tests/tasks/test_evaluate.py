@@ -101,7 +101,9 @@ def test_offline_variant_runs_from_a_logged_file(compose_cfg, read_runs, tmp_pat
 
 
 def test_half_precision_variant_reports_its_dtype_and_error(compose_cfg, read_runs, tmp_path: Path) -> None:
-    evaluate(compose_cfg(["experiments=half"]))
-    run = read_runs(tmp_path / "mlflow.db").iloc[0]
+    fp32 = evaluate(compose_cfg(["bench.enabled=false"]))
+    half = evaluate(compose_cfg(["experiments=half"]))
+    run = read_runs(tmp_path / "mlflow.db").sort_values("start_time").iloc[-1]
     assert run["tags.backend.output_dtype"] == "bfloat16"
     assert 0 < run["metrics.parity_max_abs"]  # bf16 is not exact, and the log says by how much
+    assert half["model_mb"] == pytest.approx(fp32["model_mb"] / 2, rel=0.01)  # the size of what runs

@@ -100,6 +100,8 @@ def _run_job(cfg: DictConfig, run) -> dict[str, float]:
     if calibration is not None:
         runner.set_calibration(calibration)  # before activate: the backend quantizes while activating
     with runner:
+        # The size of what runs: activating may have cast the weights (half precision).
+        metrics["model_mb"] = common.model_mb(runner_model)
         if reference is not None:
             _parity(cfg, runner, reference, check, check_infos, head, metrics, run)
         if cfg.eval.enabled and not loaded.trained:
