@@ -40,9 +40,9 @@ def test_parity_of_a_perturbed_head_bias(yolov5n, real_batch):
 
 def test_parity_mismatches_and_nan():
     x = torch.zeros(1)
-    with pytest.raises(ValueError, match="2 outputs, candidate 1"):
+    with pytest.raises(ValueError, match="2 output levels, candidate 1"):
         parity_max_abs(_Const(torch.zeros(2), torch.zeros(2)), _Const(torch.zeros(2)), x)
-    with pytest.raises(ValueError, match=r"output 0: reference shape \(2,\) != candidate shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"output level 0: reference shape \(2,\) != candidate shape \(3,\)"):
         parity_max_abs(_Const(torch.zeros(2)), _Const(torch.zeros(3)), x)
     assert math.isnan(parity_max_abs(_Const(torch.zeros(2)), _Const(torch.tensor([1.0, math.nan])), x))
 

@@ -13,26 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from yolomlu.model.outputs import max_abs_difference
 from yolomlu.types import Detections
 
 __all__ = ["box_agreement", "box_iou", "max_abs_difference", "matched_pairs"]
-
-
-def max_abs_difference(reference: Sequence[torch.Tensor], candidate: Sequence[torch.Tensor]) -> float:
-    """max |candidate - reference| over every element of every output level.
-
-    Both are the per-level raw outputs of one batch; the shapes must agree exactly (a broadcast
-    would hide a wrong batch or layout).
-    """
-    if len(reference) != len(candidate):
-        raise ValueError(f"reference has {len(reference)} output levels, candidate {len(candidate)}")
-    worst = 0.0
-    for level, (a, b) in enumerate(zip(reference, candidate)):
-        if a.shape != b.shape:
-            raise ValueError(f"output level {level}: reference shape {tuple(a.shape)} != candidate shape {tuple(b.shape)}")
-        if a.numel():
-            worst = max(worst, float((a.float() - b.float()).abs().max()))
-    return worst
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

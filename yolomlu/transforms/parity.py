@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from yolomlu.model.outputs import max_abs_difference
 from yolomlu.transforms.focus import focus_to_conv
 from yolomlu.transforms.fuse import fuse
 from yolomlu.transforms.spp import spp_to_sppf
@@ -86,21 +87,7 @@ def parity_max_abs(reference: nn.Module, candidate: nn.Module, batch: Tensor) ->
     either output holds NaN (so any `< tolerance` check fails). Training flags are restored afterwards.
     Raises ValueError if the outputs differ in number or shape.
     """
-    ref = _eval_forward(reference, batch, "reference")
-    out = _eval_forward(candidate, batch, "candidate")
-    if len(ref) != len(out):
-        raise ValueError(f"reference returned {len(ref)} outputs, candidate {len(out)}")
-    worst = 0.0
-    for level, (r, c) in enumerate(zip(ref, out)):
-        if r.shape != c.shape:
-            raise ValueError(f"output {level}: reference shape {tuple(r.shape)} != candidate shape {tuple(c.shape)}")
-        if r.numel() == 0:
-            continue
-        diff = (c.double() - r.double()).abs().max().item()
-        if diff != diff:  # NaN: report it rather than let max() drop it
-            return float("nan")
-        worst = max(worst, diff)
-    return worst
+    return max_abs_difference(_eval_forward(reference, batch, "reference"), _eval_forward(candidate, batch, "candidate"))
 
 
 def apply_transforms(model: nn.Module, names: Sequence[str], check_batch: Tensor | None) -> list[TransformReport]:
