@@ -25,14 +25,28 @@ def _images(n: int) -> list[np.ndarray]:
 def test_benchmark_counts_iterations_and_batch(model_and_head) -> None:
     model, head = model_and_head
     with TorchRunner(model) as runner:
-        stats = benchmark(runner, _images(3), 64, batch_size=2, warmup=1, iterations=4, head=head, nms=NMS, progress=False)
+        timings = benchmark(runner, _images(3), 64, batch_size=2, warmup=1, iterations=4, head=head, nms=NMS, progress=False)
+    stats = timings.stats()
     assert (stats.batch_size, stats.iterations) == (2, 4)
+    assert len(timings.pre) == len(timings.infer) == len(timings.post) == 4
     assert stats.fps == pytest.approx(2 * 1000.0 / (stats.infer_ms * 2))
     # Orderings that hold by construction whatever the machine's speed (no speed is asserted):
     assert stats.latency_ms_p50 <= stats.latency_ms_p90 <= stats.latency_ms_p99  # noqa: timing
     assert stats.e2e_fps < stats.fps  # noqa: timing (pre-process and NMS add time)
     # A CPU runner has no device timer: the device-only numbers are absent, not zero.
     assert stats.device_ms is None and "device_fps" not in stats.metrics()
+    # The conditions of the timed section are recorded; a CPU timing burns CPU time.
+    (conditions,) = timings.conditions
+    assert conditions.cpu_s > 0 and conditions.wall_s > 0
+
+
+def test_rounds_pool_into_one_set_of_statistics(model_and_head) -> None:
+    model, head = model_and_head
+    with TorchRunner(model) as runner:
+        rounds = [benchmark(runner, _images(2), 64, batch_size=1, warmup=0, iterations=n, head=head, nms=NMS, progress=False) for n in (2, 3)]
+    pooled = rounds[0].pooled(rounds[1])
+    assert pooled.stats().iterations == 5 and len(pooled.conditions) == 2
+    assert pooled.infer == rounds[0].infer + rounds[1].infer
 
 
 class _TimedDevice(TorchRunner):
@@ -47,7 +61,7 @@ class _TimedDevice(TorchRunner):
 def test_device_time_is_averaged_per_image_and_logged(model_and_head) -> None:
     model, head = model_and_head
     with _TimedDevice(model) as runner:
-        stats = benchmark(runner, _images(2), 64, batch_size=4, warmup=0, iterations=3, head=head, nms=NMS, progress=False)
+        stats = benchmark(runner, _images(2), 64, batch_size=4, warmup=0, iterations=3, head=head, nms=NMS, progress=False).stats()
     assert stats.device_ms == pytest.approx(1.0)  # 4 ms per batch of 4
     assert stats.metrics()["device_fps"] == pytest.approx(1000.0)
 

@@ -187,3 +187,34 @@ def test_emulated_model_traces_and_keeps_exact_scales_in_reduced_precision(tiny_
     assert conv.weight_scale.dtype == torch.float32 and torch.equal(conv.weight_scale, before)
     with torch.no_grad():
         assert tiny_model(batch.bfloat16())[0].dtype == torch.bfloat16
+
+
+def test_float16_emulation_rounds_every_layers_output_and_survives_pickling(images) -> None:
+    import pickle
+
+    from yolomlu.model import build_yolov5
+    from yolomlu.quant import emulate_float_precision
+
+    torch.manual_seed(0)
+    tiny_model = build_yolov5("v5", 0.33, 0.25, nc=6).eval()  # BatchNorm unfolded, as the MLU quantizes it
+    model = copy.deepcopy(tiny_model)
+    hooked = emulate_float_precision(model, "float16")
+    assert hooked == len(list(model.named_modules())) - 1  # every module but the root
+    seen = []
+    first_bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    spy = first_bn.register_forward_hook(lambda m, a, out: seen.append(out))
+    with torch.no_grad():
+        outputs = model(images)
+    spy.remove()
+    assert all(torch.equal(y, y.half().float()) for y in outputs)  # the head's maps: float16 values
+    assert torch.equal(seen[0], seen[0].half().float())  # a BatchNorm's output too
+    with torch.no_grad():
+        reference = tiny_model(images)
+    assert 0 < max(float((a - b).abs().max()) for a, b in zip(outputs, reference)) < 0.05
+    # The hook is a module-level function: the emulated model travels to the timing process.
+    clone = pickle.loads(pickle.dumps(model))
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(clone(images), outputs))
+    assert emulate_float_precision(copy.deepcopy(tiny_model), "float32") == 0
+    with pytest.raises(ValueError, match="float_dtype='bfloat8'"):
+        emulate_float_precision(model, "bfloat8")

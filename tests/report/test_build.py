@@ -110,9 +110,11 @@ def test_report_task_prints_the_table_and_the_path(sweep_store, compose_cfg, cap
     cfg = compose_cfg(overrides)
     result = report_task(cfg)
     printed = capsys.readouterr().out
-    assert result == {"html": str(out_dir / "report.html"), "md": str(out_dir / "report.md"), "runs": 4}
+    folder = out_dir / f"sweep-new-{sweep_store.parent[:8]}"  # the sweep's own folder: reports never overwrite
+    assert result == {"html": str(folder / "report.html"), "md": str(folder / "report.md"), "runs": 4}
     assert re.search(r"cpu_reference\s+FINISHED", printed) and "fused†" in printed
-    assert f"report: {out_dir / 'report.html'}" in printed
+    assert f"report: {folder / 'report.html'}" in printed
+    assert f"newest report, always at: {out_dir / 'latest' / 'report.html'}" in printed
 
 
 def test_repeated_sweeps_show_how_each_speed_up_spreads(tmp_path: Path):
@@ -122,7 +124,7 @@ def test_repeated_sweeps_show_how_each_speed_up_spreads(tmp_path: Path):
 
     settings = TrackingSettings(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="repeat")
 
-    def sweep(preset, fused_fps, reuse_fused=False, code="c0de", reuse_all=False, overrides="") -> str:
+    def sweep(preset, fused_fps, reuse_fused=False, code="c0de", reuse_all=False, overrides="", status="FINISHED") -> str:
         tags = {"sweep": "true", "sweep_preset": preset, "sweep_overrides": overrides, "code_hash": code, "host": "box"}
         parent = start_run(settings, f"sweep-{preset}", tags=tags)
         for variant, fps in (("ref", 50.0), ("fused", fused_fps)):
@@ -132,7 +134,7 @@ def test_repeated_sweeps_show_how_each_speed_up_spreads(tmp_path: Path):
             with job_run(settings, variant, tags=tags, parent_run_id=parent.run_id) as run:
                 run.log_metrics({"fps": fps, "latency_ms_p50": 1000 / fps})
         parent.set_tags({"jobs": 2, "jobs_reused": 2 if reuse_all else int(reuse_fused)})
-        parent.end("FINISHED")
+        parent.end(status)
         return parent.run_id
 
     sweep("study", 70.0, code="older")  # measured by other code: not a repeat either
@@ -141,6 +143,7 @@ def test_repeated_sweeps_show_how_each_speed_up_spreads(tmp_path: Path):
     sweep("study", 75.0, reuse_fused=True)  # a copied result is no second sample
     sweep("study", 77.0, reuse_all=True)  # a sweep that measured nothing is not a run at all
     sweep("study", 65.0, overrides="bench.iters=5")  # it measured something else
+    sweep("study", 33.0, status="KILLED")  # a sweep that did not finish is no repeat
     last = sweep("study", 90.0, overrides="sweep.rerun=true")  # bookkeeping: the same measurement
     sweep("study", 10.0)  # newer than the sweep reported on: left out
 
@@ -155,9 +158,18 @@ def test_repeated_sweeps_show_how_each_speed_up_spreads(tmp_path: Path):
     assert any(first[:8] in n for n in result.notes)
     md = result.md.read_text()
     assert "## Repeatability: speedup_fps in 3 runs of this sweep" in md and "1.80×" in md and "40 %" in md
-    assert (tmp_path / "r" / figure_filename(REPEAT_TITLE)).is_file()
+    assert (result.html.parent / figure_filename(REPEAT_TITLE)).is_file()
 
     asked_too_many = build_report(settings, last, tmp_path / "r5", repeats=5)
     assert any("holds 3 runs of this sweep" in n for n in asked_too_many.notes)
     with pytest.raises(ValueError, match="report.repeats=0"):
         build_report(settings, last, tmp_path / "r0", repeats=0)
+
+
+def test_each_sweep_keeps_its_own_report_and_latest_points_at_the_newest(sweep_store, tmp_path: Path):
+    first = build_report(sweep_store.settings, sweep_store.parent, tmp_path / "reports")
+    second = build_report(sweep_store.settings, sweep_store.old_parent, tmp_path / "reports")
+    assert first.html.parent != second.html.parent
+    assert first.html.is_file() and second.html.is_file()  # the first report was not overwritten
+    assert first.html.parent.name.endswith(sweep_store.parent[:8])
+    assert (tmp_path / "reports" / "latest" / "report.html").resolve() == second.html.resolve()

@@ -166,3 +166,18 @@ def test_importing_and_drawing_leave_pyplot_and_the_backend_alone():
         assert proc.returncode == 0, proc.stderr
         with open(png, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_variants_that_tie_in_accuracy_get_labels_that_do_not_overlap():
+    # The usual sweep: five variants with the baseline's mAP, their fps a few percent apart.
+    rows = [(name, "FINISHED", False, fps, 0.7137) for name, fps in
+            (("cpu_reference", 60.0), ("fused", 61.0), ("offline", 61.5), ("focus_to_conv", 62.0), ("batch16", 80.0))]
+    fig = pareto_plot(_table(rows + [("half", "FINISHED", False, 61.2, 0.7104)]))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    from matplotlib.text import Text
+
+    boxes = [Text.get_window_extent(t, renderer) for t in fig.axes[0].texts]  # the text, not its leader line
+    assert len(boxes) == 6
+    overlaps = [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :] if a.overlaps(b)]
+    assert not overlaps

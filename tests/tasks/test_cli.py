@@ -69,3 +69,19 @@ def test_demo_model_finds_the_shapes_by_name(run_cli, tmp_path: Path) -> None:
     proc = run_cli("task=detect", f"source={root / 'images'}")  # the default model is the demo checkpoint
     names = {line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("  ")}
     assert names and names <= set(SHAPE_CLASSES), proc.stdout
+
+
+def test_detect_honours_quant_and_goes_on_past_an_unreadable_image(run_cli, tmp_path: Path) -> None:
+    from yolomlu.data.synthetic import ensure_shapes
+
+    root = ensure_shapes(tmp_path / "data", n_images=2, img_size=320, seed=5)
+    folder = root / "images"
+    fp32 = run_cli("task=detect", f"source={folder}")
+    int8 = run_cli("task=detect", f"source={folder}", "quant=int8")
+    assert "quant=int8 (emulated, 62 layers)" in int8.stdout
+    boxes = [[line for line in proc.stdout.splitlines() if line.startswith("  ")] for proc in (fp32, int8)]
+    assert boxes[0] and boxes[0] != boxes[1]  # quantization changes the outputs: it was not ignored
+    (folder / "zz_broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    proc = run_cli("task=detect", f"source={folder}", check=False)
+    assert proc.returncode != 0 and "zz_broken.jpg" in proc.stderr
+    assert "2 images" in proc.stdout  # the readable ones were all processed

@@ -107,3 +107,29 @@ def test_half_precision_variant_reports_its_dtype_and_error(compose_cfg, read_ru
     assert run["tags.backend.output_dtype"] == "bfloat16"
     assert 0 < run["metrics.parity_max_abs"]  # bf16 is not exact, and the log says by how much
     assert half["model_mb"] == pytest.approx(fp32["model_mb"] / 2, rel=0.01)  # the size of what runs
+
+
+def test_int8_quantizes_the_unfolded_model_and_its_params_file_loads_as_is(compose_cfg, read_runs, tmp_path: Path) -> None:
+    import torch
+
+    weights = tmp_path / "w.pt"
+    save_state_dict(build_yolov5("v5", 0.33, 0.25, nc=80), weights)
+    base = [f"model.weights={weights}", "quant=int8", "bench.enabled=false", "bench.profile=false"]
+    evaluate(compose_cfg(base))
+    run = read_runs(tmp_path / "mlflow.db").iloc[0]
+    assert run["tags.quant.bn"].startswith("unfolded") and run["tags.transform.fuse"].startswith("not applied")
+    assert run["tags.quant.float_dtype"].startswith("float16")
+    (params,) = (tmp_path / "cache" / "quant").glob("*.pth")
+    state = torch.load(params, weights_only=True)
+    assert any(".bn.running_var" in key for key in state)  # the study's layout: BatchNorm beside the int8 conv
+    # ... so the file evaluates with the default settings, without recalibrating.
+    evaluate(compose_cfg([*base, f"quant.params_file={params}"]))
+    runs = read_runs(tmp_path / "mlflow.db").sort_values("start_time")
+    assert runs.iloc[1]["status"] == "FINISHED" and runs.iloc[1]["tags.quant.source"] == f"params_file {params}"
+    assert runs.iloc[1]["metrics.map50_95"] == pytest.approx(runs.iloc[0]["metrics.map50_95"])
+
+
+def test_folding_batchnorm_before_quantizing_is_a_variant_that_says_so(compose_cfg, read_runs, tmp_path: Path) -> None:
+    evaluate(compose_cfg(["quant=int8", "quant.fold_bn=true", "bench.enabled=false", "bench.profile=false"]))
+    run = read_runs(tmp_path / "mlflow.db").iloc[0]
+    assert run["tags.quant.bn"].startswith("folded") and run["tags.transform.fuse.replaced"] != "0"

@@ -121,3 +121,65 @@ def test_a_terminated_sweep_closes_its_runs_as_killed(read_runs, tmp_path: Path)
     assert list(children["status"]) == ["KILLED"]  # the second job never started
     assert "SIGTERM" in children.iloc[0]["tags.error"]
     assert "sweep interrupted" in err
+
+
+def test_a_standalone_job_is_never_reused_by_a_sweep_but_the_same_sweep_is(run_cli, read_runs, tmp_path: Path) -> None:
+    run_cli(*TINY, "bench.warmup=0")  # a standalone job with the first sweep job's very config
+    run_cli("-m", *TINY, "bench.warmup=0,1")
+    runs = read_runs(tmp_path / "mlflow.db")
+    first = runs[runs["tags.sweep"] == "true"].iloc[0]
+    children = runs[runs["tags.mlflow.parentRunId"] == first["run_id"]]
+    assert len(children) == 2
+    assert "tags.reused_from" not in runs.columns or children["tags.reused_from"].isna().all()
+    # The same sweep again: it resumes itself, reusing its own finished jobs, and says from where.
+    run_cli("-m", *TINY, "bench.warmup=0,1")
+    runs = read_runs(tmp_path / "mlflow.db")
+    second = runs[runs["tags.sweep"] == "true"].sort_values("start_time").iloc[-1]
+    again = runs[runs["tags.mlflow.parentRunId"] == second["run_id"]]
+    assert set(again["tags.reused_from"]) == set(children["run_id"])
+    assert set(again["tags.reused_from_sweep"]) == {first["run_id"]}
+    assert second["tags.sweep_key"] == first["tags.sweep_key"]
+    # Another sweep (other overrides) with a job of the same config measures it anew.
+    run_cli("-m", *TINY, "bench.warmup=0,2")
+    runs = read_runs(tmp_path / "mlflow.db")
+    third = runs[runs["tags.sweep"] == "true"].sort_values("start_time").iloc[-1]
+    assert runs[runs["tags.mlflow.parentRunId"] == third["run_id"]]["tags.reused_from"].isna().all()
+    assert second["tags.sweep_key"] != third["tags.sweep_key"]
+
+
+def test_jobs_are_named_by_what_sets_them_apart(run_cli, read_runs, tmp_path: Path) -> None:
+    proc = run_cli("-m", *TINY, "experiments=cpu_reference,focus_to_conv", "sweep.timeout_s=600")
+    runs = read_runs(tmp_path / "mlflow.db")
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    # The sweep's shared overrides and bookkeeping keys (sweep.timeout_s) name no variant.
+    assert sorted(children["tags.mlflow.runName"]) == ["cpu_reference", "focus_to_conv"]
+    assert sorted(children["tags.variant"]) == ["cpu_reference", "focus_to_conv"]
+    assert "FINISHED  focus_to_conv" in proc.stdout
+
+
+def test_a_sweep_timed_while_other_processes_hold_the_cores_is_tagged_and_reported(run_cli, read_runs, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        # One engine thread: two OpenMP threads fighting two busy processes for two cores slow to a crawl.
+        run_cli("-m", *TINY, "bench.iters=100", "backend.threads=1", "bench.batch_size=1,2")
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    runs = read_runs(tmp_path / "mlflow.db")
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert set(children["tags.contended"]) == {"true"}
+    assert (children["metrics.cond_others_cores"] > 0.25).all()
+    assert children["tags.contended_reason"].str.contains("other processes kept").all()
+    report = run_cli("task=report")
+    assert "CONTENDED: 2 of 2 runs" in report.stdout
+    markdown = (tmp_path / "outputs" / "report" / "latest" / "report.md").read_text()
+    assert markdown.index("CONTENDED: 2 of 2 runs") < markdown.index("## Variants")  # said above the table
+    assert "bs1‡" in markdown or "bench.batch_size=1‡" in markdown
+    # A contended result is measured again when the sweep is resumed, never reused.
+    run_cli("-m", *TINY, "bench.iters=100", "backend.threads=1", "bench.batch_size=1,2")
+    runs = read_runs(tmp_path / "mlflow.db")
+    assert "tags.reused_from" not in runs.columns

@@ -105,6 +105,35 @@ class Runner(abc.ABC):
         """Facts that show the variant ran as asked (mode, dtype, artifact type and size)."""
         return {}
 
+    # -- timing in a process of its own -----------------------------------------------------------
+    def timing_twin(self) -> "Runner | None":
+        """An inactive runner that opens the engine this (active) runner built, without building it
+        again where a file can be reused, for timing in a fresh process (it is pickled there).
+
+        None: time this runner where it is, because its batches already run in a process of its
+        own (a device worker). A backend must choose: timings taken in the job's process are
+        disturbed by whatever ran there before (another engine's thread pool still spinning)."""
+        raise BackendError(f"the {self.name} backend does not say how to time it in a fresh process (timing_twin)")
+
+    def standalone_engine(self):
+        """A ``yolomlu.backends.engines.EngineSpec`` for the engine this active runner built, to time
+        it alone with its plain API; None where there is no such counterpart."""
+        return None
+
+    def accuracy_caveat(self) -> str | None:
+        """Why this (active) runner's outputs say nothing about the target's accuracy, or None when
+        they do. A stand-in for an SDK that computes nothing like the device says so here."""
+        return None
+
+    def threads_in_use(self) -> int:
+        """CPU threads the engine computes with (for judging the CPU time a timing took)."""
+        return torch.get_num_threads()
+
+    def helper_pids(self) -> list[int]:
+        """Processes this runner started that do its work (a device worker): their CPU time is the
+        timing's own, not other processes' load."""
+        return []
+
     # -- hooks -------------------------------------------------------------------------------
     @abc.abstractmethod
     def _activate_impl(self) -> None: ...

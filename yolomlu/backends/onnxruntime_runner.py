@@ -26,12 +26,13 @@ import torch
 from torch import nn
 
 from yolomlu.backends.base import BackendError, Runner
-from yolomlu.backends.onnx_export import DEFAULT_OPSET, MIN_OPSET, OnnxModelInfo, cached_export
+from yolomlu.backends.engines import EngineSpec
+from yolomlu.backends.onnx_export import DEFAULT_OPSET, MIN_OPSET, OnnxModelInfo, cached_export, check_onnx
 from yolomlu.backends.ort_quant import OrtQuantSettings, QuantResult, quantize_int8, resolve_float_layers
 from yolomlu.backends.taxonomy import build_profile
 from yolomlu.types import LayerProfile
 
-__all__ = ["GRAPH_OPTIMIZATIONS", "OrtRunner"]
+__all__ = ["GRAPH_OPTIMIZATIONS", "OrtRunner", "import_onnxruntime"]
 
 # config value -> onnxruntime.GraphOptimizationLevel member
 GRAPH_OPTIMIZATIONS = {
@@ -44,7 +45,7 @@ GRAPH_OPTIMIZATIONS = {
 _PROVIDER = "CPUExecutionProvider"
 
 
-def _import_onnxruntime() -> Any:
+def import_onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:
@@ -78,6 +79,8 @@ class OrtRunner(Runner):
             key here, at construction); None or ``enabled: false`` runs fp32.
         calibration: preprocessed batches, float32 [B, 3, img_size, img_size] in 0..1, for int8;
             may be given at construction or assigned to ``runner.calibration`` before activate.
+        onnx_file: run this ONNX file as it is (no export, no quantization; ``model`` is then
+            unused): how a timing process reopens the file the job's runner made.
     """
 
     name = "onnxruntime"
@@ -95,6 +98,7 @@ class OrtRunner(Runner):
         img_size: int = 640,
         quant: Mapping[str, Any] | None = None,
         calibration: Sequence[torch.Tensor] | None = None,
+        onnx_file: str | Path | None = None,
     ) -> None:
         super().__init__()
         if graph_optimization not in GRAPH_OPTIMIZATIONS:
@@ -121,6 +125,9 @@ class OrtRunner(Runner):
         self.img_size = img_size
         self.quant_settings = OrtQuantSettings.from_config(quant)  # checks every key now, cheaply
         self.calibration = calibration
+        self.onnx_file = Path(onnx_file) if onnx_file is not None else None
+        if self.onnx_file is not None and self.quant_settings is not None:
+            raise BackendError("backend.onnx_file runs a file as it is: it cannot be quantized again (quant=none)")
         self.artifact: Path | None = None  # the .onnx file that runs (the int8 one when quantized)
         self.export: OnnxModelInfo | None = None
         self.quant: QuantResult | None = None
@@ -133,8 +140,13 @@ class OrtRunner(Runner):
         self.calibration = list(batches)
 
     def _activate_impl(self) -> None:
-        self._ort = _import_onnxruntime()
-        self.export = cached_export(self.model, self.work_dir, self.img_size, self.opset)
+        self._ort = import_onnxruntime()
+        if self.onnx_file is not None:
+            if not self.onnx_file.is_file():
+                raise BackendError(f"backend.onnx_file={str(self.onnx_file)!r} is not a file")
+            self.export = check_onnx(self.onnx_file)
+        else:
+            self.export = cached_export(self.model, self.work_dir, self.img_size, self.opset)
         path = self.export.path
         if self.quant_settings is not None:
             if not self.calibration:
@@ -212,9 +224,23 @@ class OrtRunner(Runner):
         ]
         return build_profile(nodes, passes=passes)
 
+    # -- timing elsewhere ---------------------------------------------------------------------
+    def timing_twin(self) -> "OrtRunner":
+        """A runner over the very file this one runs (fp32 export or int8), nothing rebuilt."""
+        return OrtRunner(
+            None, threads=self.threads, graph_optimization=self.graph_optimization, opset=self.opset,
+            work_dir=self.work_dir, img_size=self.img_size, onnx_file=self.artifact,
+        )  # fmt: skip
+
+    def standalone_engine(self) -> EngineSpec:
+        return EngineSpec("onnx", path=self.artifact, threads=self.threads, graph_optimization=self.graph_optimization)
+
+    def threads_in_use(self) -> int:
+        return self.threads or os.cpu_count() or 1  # ORT's default: one per core
+
     def evidence(self) -> dict[str, Any]:
         facts: dict[str, Any] = {
-            "backend.graph": "onnx (torch.onnx TorchScript exporter)",
+            "backend.graph": "onnx (torch.onnx TorchScript exporter)" if self.onnx_file is None else f"onnx file {self.onnx_file.name}",
             "backend.graph_optimization": self.graph_optimization,
             "backend.threads_used": self.threads if self.threads is not None else "ort default (physical cores)",
             "backend.compute_dtype": "float32" if self.quant is None else "int8 (QDQ: uint8 activations, int8 weights)",

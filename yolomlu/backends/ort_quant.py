@@ -56,10 +56,11 @@ __all__ = ["CALIBRATE_METHODS", "ORT_SCHEME", "OrtQuantSettings", "QuantResult",
 ORT_SCHEME = "onnxruntime"
 CALIBRATE_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 # Keys that must hold these values, because ORT has nothing that would honour another value.
-_NEUTRAL = {"data_scale": 1.0, "firstconv": False, "fallback_topk": 0, "params_file": None}
+_NEUTRAL = {"data_scale": 1.0, "firstconv": False, "fallback_topk": 0, "params_file": None, "float_dtype": "float32"}
 # Keys read or checked here; anything else in the quant config is refused.
+# fold_bn: the ONNX export folds BatchNorm into the convs in any case (torch.onnx in eval mode).
 _KNOWN = {"name", "enabled", "dtype", "scheme", "per_channel", "mixed_layer", "calib", "iteration", "use_avg", "mean", "std",
-          "sensitivity", *_NEUTRAL}  # fmt: skip
+          "sensitivity", "fold_bn", *_NEUTRAL}  # fmt: skip
 _CALIB_KNOWN = {"images", "batch_size", "method"}
 
 
@@ -158,13 +159,6 @@ class QuantResult:
     settings: OrtQuantSettings = field(default_factory=OrtQuantSettings)
 
 
-def _skip_preprocess_advice(record: logging.LogRecord) -> bool:
-    # quantize_static advises (on the root logger, every call) running quant_pre_process first. It is
-    # skipped on purpose: the export is already constant-folded with BN fused, and pre-processing's
-    # graph optimisations rename nodes, which would break the mixed_layer -> node name mapping.
-    return not record.getMessage().startswith("Please consider")
-
-
 def resolve_float_layers(model: torch.nn.Module, mixed_layer: Sequence[str]) -> tuple[str, ...]:
     """The torch module names that ``quant.mixed_layer`` keeps in float, selected exactly as the MLU
     emulation selects them (names, fnmatch patterns, ``detect``)."""
@@ -243,8 +237,13 @@ def quantize_int8(
         # quantize_static wants an .onnx name; the pid keeps parallel jobs of a sweep apart
         partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.onnx")
         start = time.perf_counter()
+        # quantize_static logs on the root logger: advice to run quant_pre_process first (skipped on
+        # purpose: the export is already constant-folded with BN fused, and pre-processing renames
+        # nodes, which would break the mixed_layer -> node name mapping) and a line per conv (bias
+        # layout notes, scale adjustments). They would bury the job's own output; errors still show.
         root = logging.getLogger()
-        root.addFilter(_skip_preprocess_advice)
+        level = root.level
+        root.setLevel(logging.ERROR)
         try:
             quantize_static(
                 str(fp32.path),
@@ -264,7 +263,7 @@ def quantize_int8(
             check_onnx(partial)
             partial.replace(path)  # atomic, as the fp32 export
         finally:
-            root.removeFilter(_skip_preprocess_advice)
+            root.setLevel(level)
             partial.unlink(missing_ok=True)
     info = check_onnx(path)
     if info.qdq_convs == 0:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from yolomlu.backends.base import BackendError, Runner
+from yolomlu.backends.engines import EngineSpec
 from yolomlu.backends.taxonomy import build_profile
 from yolomlu.types import LayerProfile
 
@@ -96,12 +97,17 @@ class TorchRunner(Runner):
         self.artifact: Path | None = None  # the offline model file, once written
         self._device: torch.device | None = None
         self._dtype = torch.float32
-        self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._module: Any = None  # what actually runs
         self._output_dtype: torch.dtype | None = None
         self._previous_threads: int | None = None
         self._events: tuple[Any, Any] | None = None  # CUDA start/end events around the forward
         self._previous_cudnn_benchmark: bool | None = None
+
+    @property
+    def _memory_format(self) -> torch.memory_format:
+        # Derived, not stored: a memory_format object pickles by a bare name that pickle resolves by
+        # scanning sys.modules, which can pick a module the timing process does not have.
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _activate_impl(self) -> None:
@@ -124,7 +130,7 @@ class TorchRunner(Runner):
         if self.mode == "eager":
             self._module = model
         elif self.mode == "fused":
-            self._module = _fuse(model, example, self.compiler)
+            self._module = fuse_module(model, example, self.compiler)
         else:
             self.artifact = self._write_offline(model, example)
             self._module = self._load_offline(self.artifact)
@@ -228,6 +234,28 @@ class TorchRunner(Runner):
         elif self._device is not None and self._device.type == "mlu":
             torch.mlu.synchronize(self._device)  # type: ignore[attr-defined]
 
+    # -- timing elsewhere ---------------------------------------------------------------------
+    def timing_twin(self) -> "TorchRunner":
+        """The same module and settings; an offline twin finds the file this runner wrote in the
+        cache (same model, precision and format), a fused twin traces or compiles again."""
+        return TorchRunner(
+            self.model, device=self.device_name, mode=self.mode, half=self.half, channels_last=self.channels_last,
+            threads=self.threads, compiler=self.compiler, offline_format=self.offline_format,
+            work_dir=self.work_dir, img_size=self.img_size,
+        )  # fmt: skip
+
+    def standalone_engine(self) -> EngineSpec | None:
+        dtype = str(self._dtype).removeprefix("torch.")
+        common = dict(threads=self.threads, device=self.device_name, dtype=dtype)
+        if self.mode == "offline" and self.artifact is not None:
+            return EngineSpec("torchscript" if self.offline_format == "torchscript" else "export", path=self.artifact, **common)
+        if self.mode == "fused" and self.compiler == "cudagraph":
+            return None  # a replayed graph has no plain-API counterpart worth timing apart
+        compiler = self.compiler if self.mode == "fused" else None
+        return EngineSpec(
+            "module", module=self.model, channels_last=self.channels_last, compiler=compiler, img_size=self.img_size, **common
+        )
+
     def evidence(self) -> dict[str, Any]:
         graph = {
             "eager": "nn.Module (eager)",
@@ -330,7 +358,8 @@ class CudaGraphed:
         return graph, static_input, static_outputs
 
 
-def _fuse(model: nn.Module, example: torch.Tensor, compiler: str) -> Any:
+def fuse_module(model: nn.Module, example: torch.Tensor, compiler: str) -> Any:
+    """``model`` as fusion mode runs it: traced and frozen, compiled, or replayed as CUDA graphs."""
     if compiler == "trace":
         return _trace(model, example)
     if compiler == "cudagraph":

@@ -7,7 +7,7 @@ from .categories import COCO80_NAMES, COCO80_TO_91, category_ids_for_model, clas
 from .coco import CocoDataset, DataError, read_image
 from .letterbox import LetterboxInfo, boxes_to_letterboxed, boxes_to_original, letterbox
 from .preprocess import to_tensor_batch
-from .sources import IMAGE_EXTENSIONS, iter_images, list_images
+from .sources import IMAGE_EXTENSIONS, list_images
 from .synthetic import SHAPE_CLASSES, dataset_stats, ensure_shapes, generate_shapes
 
 __all__ = [
@@ -25,7 +25,6 @@ __all__ = [
     "dataset_stats",
     "ensure_shapes",
     "generate_shapes",
-    "iter_images",
     "letterbox",
     "list_images",
     "read_image",

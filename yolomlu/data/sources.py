@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
+from .coco import DataError
 
-from .coco import DataError, read_image
-
-__all__ = ["IMAGE_EXTENSIONS", "iter_images", "list_images"]
+__all__ = ["IMAGE_EXTENSIONS", "list_images"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -27,16 +24,3 @@ def list_images(source: str | Path) -> list[Path]:
     if not files:
         raise DataError(f"no images in {path} (looked for extensions {', '.join(IMAGE_EXTENSIONS)})")
     return files
-
-
-def iter_images(source: str | Path) -> Iterator[tuple[Path, np.ndarray]]:
-    """Yield (path, uint8 [H, W, 3] RGB image) for each image of ``source`` (see ``list_images``), one at
-    a time. A missing or empty source raises DataError at the call; an unreadable file raises DataError
-    naming it when it is reached."""
-    files = list_images(source)  # eager, so a bad source fails at the call, not at the first next()
-    return _read_each(files)
-
-
-def _read_each(files: list[Path]) -> Iterator[tuple[Path, np.ndarray]]:
-    for path in files:
-        yield path, read_image(path)

@@ -46,6 +46,13 @@ class NmsSettings:
             raise ValueError(f"max_det and max_candidates must be positive, got {self.max_det}, {self.max_candidates}")
 
 
+def device_nms(buffer_format) -> NmsSettings:
+    """The host NMS that matches what a device's own decode + NMS was compiled with (its score and
+    IoU thresholds, one class per box, at most ``max_box_num`` boxes): the reference to compare a
+    detection buffer against."""
+    return NmsSettings(buffer_format.conf_thres, buffer_format.iou_thres, max_det=buffer_format.max_box_num)
+
+
 def preprocess(images: list[np.ndarray], img_size: int, stride: int = 32) -> tuple[torch.Tensor, list[LetterboxInfo]]:
     """Letterbox each HxWx3 uint8 RGB image to img_size x img_size -> float32 [B, 3, S, S] in 0..1."""
     boxed = [letterbox(image, img_size, stride=stride, auto=False) for image in images]

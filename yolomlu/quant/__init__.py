@@ -13,6 +13,8 @@ Importing this package changes no global state and imports no plotting backend.
 
 from yolomlu.quant.emulate import (
     DETECT_PATTERN,
+    FLOAT_DTYPES,
+    emulate_float_precision,
     QuantConv2d,
     QuantLinear,
     effective_scale,
@@ -49,6 +51,8 @@ from yolomlu.quant.sensitivity import most_sensitive, sensitivity_figure, sensit
 
 __all__ = [
     "DETECT_PATTERN",
+    "FLOAT_DTYPES",
+    "emulate_float_precision",
     "DTYPES",
     "QMAX",
     "SCHEMES",

@@ -45,6 +45,8 @@ from yolomlu.quant.qconfig import SCHEMES, QConfig, qrange
 
 __all__ = [
     "DETECT_PATTERN",
+    "FLOAT_DTYPES",
+    "emulate_float_precision",
     "QuantConv2d",
     "QuantLinear",
     "effective_scale",
@@ -310,6 +312,47 @@ def restore_float(model: nn.Module, names: Iterable[str] | None = None) -> int:
         f.train(q.training)
         _set_submodule(model, name, f)
     return len(chosen)
+
+
+FLOAT_DTYPES = ("float16", "float32")
+
+
+def _round_outputs_to_half(module: nn.Module, args: tuple, output):
+    """Forward hook: the module's output as float16 holds it (then back in the output's dtype).
+    Module level, not a closure: an emulated model is pickled into the timing process."""
+    if isinstance(output, Tensor) and output.is_floating_point():
+        return output.to(torch.float16).to(output.dtype)
+    if isinstance(output, (list, tuple)) and all(isinstance(y, Tensor) and y.is_floating_point() for y in output):
+        return type(output)(y.to(torch.float16).to(y.dtype) for y in output)
+    return None
+
+
+def emulate_float_precision(model: nn.Module, dtype: str) -> int:
+    """Make every module of ``model`` (the root aside) hand on its output in ``dtype``, in place.
+
+    "float16": what the MLU270 stores between layers in an int8 model. ``quantize_dynamic_mlu`` swaps
+    only the convolutions; BatchNorm, activations, add, concat, pooling and upsampling run in floating
+    point, and the legacy stack's data type for them is float16 (CNML's int8 conv writes float16 or
+    float32 outputs, its BatchNorm / Active / Add / Pool ops compute in float16 or float32; the public
+    YOLOv5 offline model declares float32 input and a FLOAT16 output: Cambricon/caffe
+    ``mlu/x86/include/cnml.h``, CambriconECO/Pytorch_Yolov5_Inference ``offline/.../yolov5s.cambricon_twins``).
+    No public source states the default of the torch_mlu build itself: float16 is an inference, made
+    a setting (``quant.float_dtype``). Each layer here computes in float32 and rounds its result to
+    float16; a layer computed natively in float16 (elementwise ops round each result once) differs
+    from that by at most an ulp of float16. Containers are hooked too, so the sum of a residual add
+    is rounded as the device's add would round it. "float32": nothing to do. Returns the number of
+    modules hooked.
+    """
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"float_dtype={dtype!r} is not valid; choose one of {list(FLOAT_DTYPES)}")
+    if dtype == "float32":
+        return 0
+    hooked = 0
+    for name, module in model.named_modules():
+        if name:  # the root returns the raw head maps, already rounded by the head's convs
+            module.register_forward_hook(_round_outputs_to_half)
+            hooked += 1
+    return hooked
 
 
 def sqnr_db(reference: Tensor, test: Tensor) -> float:

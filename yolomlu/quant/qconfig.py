@@ -26,6 +26,8 @@ DTYPES = ("int8", "int16")
 # mlu270/mlu370: the MLU's steps, emulated here; onnxruntime: ORT's own int8 (backend=onnxruntime only).
 SCHEMES = ("mlu270", "mlu370", "onnxruntime")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+# Precisions of the layers a quantized model keeps in floating point (see QuantSettings.float_dtype).
+FLOAT_DTYPES = ("float16", "float32")
 # The largest code of each dtype. Cambricon's scale maps the calibrated absmax onto +qmax (symmetric).
 QMAX = {"int8": 127, "int16": 32767}
 
@@ -169,7 +171,7 @@ class QConfig:
 
 
 # Keys of the quant group that are not qconfig keys.
-_JOB_KEYS = ("name", "enabled", "calib", "sensitivity", "fallback_topk", "params_file")
+_JOB_KEYS = ("name", "enabled", "calib", "sensitivity", "fallback_topk", "params_file", "fold_bn", "float_dtype")
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,11 @@ class QuantSettings:
     fallback_topk: after the quantized evaluation, keep the k layers that cost most (by sensitivity)
         in float and evaluate again (0 = off; needs sensitivity_images > 0).
     params_file: a quant-params file (Cambricon state-dict layout) to load instead of calibrating.
+    fold_bn: fold BatchNorm into the convolutions before quantizing (a deliberate variant:
+        ``quantize_dynamic_mlu`` sees, calibrates and stores the convs with their BatchNorm unfolded).
+    float_dtype: precision of what stays in floating point (BatchNorm, activations, add, concat, pooling,
+        upsampling) and of every layer's output: "float16", "float32", or None for the target's own
+        (:attr:`target_float_dtype`).
     """
 
     name: str = "none"
@@ -196,8 +203,13 @@ class QuantSettings:
     sensitivity_images: int = 2
     fallback_topk: int = 0
     params_file: str | None = None
+    fold_bn: bool = False
+    float_dtype: str | None = None
 
     def __post_init__(self) -> None:
+        _bool(self.fold_bn, "quant.fold_bn")
+        if self.float_dtype is not None:
+            _choose(self.float_dtype, FLOAT_DTYPES, "quant.float_dtype")
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"quant.name={self.name!r} must be a non-empty string")
         _bool(self.enabled, "quant.enabled")
@@ -218,6 +230,14 @@ class QuantSettings:
             )
         if self.params_file is not None and (not isinstance(self.params_file, str) or not self.params_file):
             raise ValueError(f"quant.params_file={self.params_file!r} must be a file path or null")
+
+    @property
+    def target_float_dtype(self) -> str:
+        """``float_dtype``, or the target's own where it is None: float16 on the MLU (its schemes),
+        float32 in ONNX Runtime."""
+        if self.float_dtype is not None:
+            return self.float_dtype
+        return "float32" if self.qconfig.scheme == "onnxruntime" else "float16"
 
     @property
     def observed_images(self) -> int:
@@ -248,6 +268,8 @@ class QuantSettings:
             sensitivity_images=sensitivity.get("images", defaults.sensitivity_images),
             fallback_topk=mapping.get("fallback_topk", defaults.fallback_topk),
             params_file=mapping.get("params_file", defaults.params_file),
+            fold_bn=mapping.get("fold_bn", defaults.fold_bn),
+            float_dtype=mapping.get("float_dtype", defaults.float_dtype),
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ import pandas as pd
 from yolomlu.report.compare import comparison_table, repeat_table
 from yolomlu.report.plots import pareto_plot, per_class_plot, profile_plots, repeat_plot
 from yolomlu.report.render import CSV_NAME, figure_filename, write_report
-from yolomlu.tracking import TrackingSettings, fetch_runs, latest_sweep, load_table_artifact, log_report, repeat_sweeps
+from yolomlu.tracking import TrackingSettings, fetch_runs, latest_sweep, load_table_artifact, log_report, repeat_sweeps, run_label
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -79,9 +80,30 @@ def build_figures(
     return figures
 
 
+LATEST = "latest"  # out_dir/latest: the newest report's folder, always at the same path
+
+
+def report_folder(out_dir: Path, label: str) -> Path:
+    """``out_dir/<label>``, and ``out_dir/latest`` pointed at it (a symbolic link replaced
+    atomically; where links cannot be made, a text file naming the folder)."""
+    folder = Path(out_dir) / label
+    folder.mkdir(parents=True, exist_ok=True)
+    latest = Path(out_dir) / LATEST
+    temporary = Path(out_dir) / f".{LATEST}.{os.getpid()}"
+    try:
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(label, target_is_directory=True)
+        temporary.replace(latest)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        (Path(out_dir) / f"{LATEST}.txt").write_text(f"{label}\n", encoding="utf-8")
+    return folder
+
+
 def build_report(settings: TrackingSettings, parent_run_id: str | None, out_dir: Path, repeats: int = 1) -> ReportResult:
     """Read a sweep's runs, compare them, write ``report.html`` and ``report.md`` (with PNGs and
-    ``comparison.csv``) into ``out_dir``, and log those files to the parent run under ``report/``.
+    ``comparison.csv``) into ``out_dir/<sweep run name>-<id>/`` (``out_dir/latest`` points at the
+    newest), and log those files to the parent run under ``report/``.
 
     ``parent_run_id`` None: the newest sweep in ``settings.experiment``; with no sweep at all, every
     run of the experiment (then nothing is logged: there is no parent to log to). ``repeats`` > 1
@@ -110,7 +132,8 @@ def build_report(settings: TrackingSettings, parent_run_id: str | None, out_dir:
     if not profiles and len(table):
         notes.append(f"no run logged {PROFILE_ARTIFACT}: no layer-profile charts")
     title = f"yolomlu comparison — {settings.experiment}" + (f" / sweep {parent[:8]}" if parent else "")
-    html_path, md_path = write_report(table, figures, Path(out_dir), title, notes, repeats=spread)
+    folder = report_folder(out_dir, run_label(settings, parent) if parent else f"experiment-{settings.experiment}")
+    html_path, md_path = write_report(table, figures, folder, title, notes, repeats=spread)
     if parent:
         files = [html_path, md_path, html_path.parent / CSV_NAME] + [html_path.parent / figure_filename(t) for t in figures]
         log_report(settings, parent, files)

@@ -17,8 +17,10 @@ ACCURACY_METRICS = (
 )  # fmt: skip
 SPEED_METRICS = (
     "fps", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "pre_ms", "infer_ms", "post_ms", "e2e_fps",
-    "device_fps", "device_ms",
+    "device_fps", "device_ms", "alone_fps", "alone_latency_ms_p50", "alone_ratio",
 )  # fmt: skip
+# What a timing was measured under (evaluate.conditions): load, steal, others' cores, CPU use.
+CONDITION_METRICS = ("cond_others_cores", "cond_steal_pct", "cond_cpu_util", "cond_loadavg_before")
 MEMORY_METRICS = ("peak_rss_mb", "gpu_mem_mb")
 MODEL_METRICS = ("params", "gflops", "layers", "model_mb")
 FIDELITY_METRICS = ("parity_max_abs", "parity_box_agreement")
@@ -29,7 +31,8 @@ DERIVED = ("delta_map50_95", "speedup_fps", "speedup_latency", "speedup_device_f
 # Column order of the table. Every column is always present (NaN where a run did not log it), so
 # the table has one shape whatever the sweep measured; renderers drop the empty ones.
 COLUMNS = (
-    ("run_id", "variant", "status", "baseline", "reused", "reused_from", "accuracy", "batch_size", "img_size")
+    ("run_id", "variant", "status", "baseline", "reused", "reused_from", "reused_from_sweep", "reused_from_start")
+    + ("contended", "contended_reason", "accuracy", "batch_size", "img_size")
     + ACCURACY_METRICS
     + ("delta_map50_95",)
     + SPEED_METRICS
@@ -38,6 +41,7 @@ COLUMNS = (
     + MODEL_METRICS
     + FIDELITY_METRICS
     + QUANT_METRICS
+    + CONDITION_METRICS
     + ("error",)
 )
 
@@ -87,12 +91,16 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     reused_from = tag("reused_from").fillna("").astype(str)
     table["reused"] = reused_from != ""
     table["reused_from"] = reused_from
+    table["reused_from_sweep"] = tag("reused_from_sweep").fillna("").astype(str)
+    table["reused_from_start"] = tag("reused_from_start").fillna("").astype(str)
+    table["contended"] = tag("contended").fillna("").astype(str).str.lower() == "true"
+    table["contended_reason"] = tag("contended_reason").fillna("").astype(str)
     maps = metric("map50_95")
     accuracy = tag("accuracy")
     table["accuracy"] = accuracy.where(accuracy.notna(), maps.notna().map({True: "measured", False: "off"})).astype(str)
     table["batch_size"] = _first_number(runs, ("params.bench.batch_size", "tags.bench.batch_size"))
     table["img_size"] = _first_number(runs, ("params.img_size", "tags.img_size"))
-    for key in ACCURACY_METRICS + SPEED_METRICS + MEMORY_METRICS + MODEL_METRICS + FIDELITY_METRICS + QUANT_METRICS:
+    for key in ACCURACY_METRICS + SPEED_METRICS + MEMORY_METRICS + MODEL_METRICS + FIDELITY_METRICS + QUANT_METRICS + CONDITION_METRICS:
         table[key] = metric(key)
     table["error"] = tag("error").fillna("").astype(str)
 
@@ -122,9 +130,30 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     if table["reused"].any():
         n = int(table["reused"].sum())
         were = "results were" if n > 1 else "result was"
-        notes.append(f"{n} {were} reused from earlier runs with the same config_hash, not measured again")
+        notes.append(f"{n} {were} reused from earlier runs of the same sweep with the same config_hash, not measured again")
+    notes += contention_notes(table)
     table.attrs["notes"] = notes
     return table
+
+
+def contention_notes(table: pd.DataFrame) -> list[str]:
+    """What a reader must know before trusting the speed columns: which runs were timed while
+    other work competed for the machine (tag ``contended=true``), above all the baseline."""
+    contended = table[table["contended"].eq(True) & (table["status"] == "FINISHED")]
+    if contended.empty:
+        return []
+    notes = [
+        f"CONTENDED: {len(contended)} of {int((table['status'] == 'FINISHED').sum())} runs were timed while other work "
+        f"competed for the machine ({'; '.join(f'{r.variant}: {r.contended_reason}' for r in contended.itertuples())}); "
+        "their speed is not comparable: run them again on a quiet machine"
+    ]
+    base = table[table["baseline"].eq(True)]
+    if len(base) and bool(base["contended"].eq(True).iloc[0]):
+        notes.append(
+            f"the baseline {base.iloc[0]['variant']} itself was timed under contention: every speed-up (fps ×, latency ×) "
+            "below is measured against a disturbed baseline"
+        )
+    return notes
 
 
 def _choose_baseline(table: pd.DataFrame, tagged: pd.Series, notes: list[str]) -> int | None:
@@ -165,9 +194,9 @@ def _first_number(runs: pd.DataFrame, names: tuple[str, ...]) -> pd.Series:
 
 
 def _dtype(column: str) -> str:
-    if column in ("baseline", "reused"):
+    if column in ("baseline", "reused", "contended"):
         return "bool"
-    if column in ("run_id", "variant", "status", "reused_from", "accuracy", "error"):
+    if column in ("run_id", "variant", "status", "reused_from", "reused_from_sweep", "reused_from_start", "contended_reason", "accuracy", "error"):
         return "object"
     return "float64"
 

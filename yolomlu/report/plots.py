@@ -83,22 +83,22 @@ def pareto_plot(table: pd.DataFrame) -> Figure:
         ax.scatter(on["fps"], on["map50_95"], color=FRONT_COLOR, s=60, label="Pareto front", zorder=4)
         # The front as a staircase: everything below and left of it is beaten by a point on it.
         ax.plot(on["fps"], on["map50_95"], color=FRONT_COLOR, drawstyle="steps-pre", alpha=0.6, gid="pareto-front")
-        _labels(ax, measured["fps"], measured["map50_95"], [_name(r) for _, r in measured.iterrows()], fps_range)
         # Variants that match in accuracy differ by ~1e-4; autoscaling would blow that noise up to
         # the full height. Show at least MIN_MAP_SPAN so equal-looking accuracy looks equal.
         low, high = measured["map50_95"].min(), measured["map50_95"].max()
         if high - low < MIN_MAP_SPAN:
             middle = (high + low) / 2
             ax.set_ylim(middle - MIN_MAP_SPAN / 2, middle + MIN_MAP_SPAN / 2)
+        _labels(ax, measured["fps"], measured["map50_95"], [_name(r) for _, r in measured.iterrows()], fps_range)
         ax.legend(loc="best")
         ax.set_xlabel("" if strip is not None else FPS_LABEL)
     if strip is not None:
         if ax is None:
             strip.set_title("Speed only: no variant has a measured map50_95", fontsize="medium")
         strip.scatter(unmeasured["fps"], np.zeros(len(unmeasured)), color="tab:gray", marker="s", zorder=3)
-        _labels(strip, unmeasured["fps"], np.zeros(len(unmeasured)), [_name(r) for _, r in unmeasured.iterrows()], fps_range)
         strip.set_yticks([0.0], ["accuracy\nnot measured"])
         strip.set_ylim(-1, 1)
+        _labels(strip, unmeasured["fps"], np.zeros(len(unmeasured)), [_name(r) for _, r in unmeasured.iterrows()], fps_range)
         strip.grid(True, axis="x", alpha=0.3)
         strip.set_xlabel(FPS_LABEL)
     return fig
@@ -223,24 +223,44 @@ def _percent(ratio: pd.Series) -> pd.Series:
 
 
 def _labels(ax, xs, ys, texts: list[str], x_range: tuple[float, float]) -> None:
-    """Name each point. Points at the same spot (a reused result beside its source) get their
-    labels stacked instead of printed over each other; labels in the right half of the x range go
-    to the left of their point, so they stay inside the axes."""
-    seen: dict[tuple[float, float], int] = {}
+    """Name each point without printing names over each other.
+
+    Variants that tie in accuracy (the usual case: fused, offline and Focus->Conv keep the
+    baseline's mAP) sit on one horizontal line, often a few pixels apart. Each label goes beside
+    its point where it overlaps no label placed before (tried a line above, then below, then two
+    ...), measured as drawn; a label that had to move gets a thin leader line to its point. Labels
+    in the right half of the x range go to the left of their point, so they stay inside the axes.
+    Call after the axes' limits are final."""
+    from matplotlib.text import Text
+
+    fig = ax.figure
+    fig.canvas.draw()  # settle the layout and the limits: positions below are final
+    renderer = fig.canvas.get_renderer()
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    points = ax.transData.transform(np.column_stack([xs, ys]))
     middle = sum(x_range) / 2
-    for x, y, text in zip(xs, ys, texts):
-        key = (round(float(x), 6), round(float(y), 6))
-        k = seen.get(key, 0)
-        seen[key] = k + 1
-        right = float(x) > middle and x_range[1] > x_range[0]
-        ax.annotate(
-            text, (x, y), textcoords="offset points", xytext=(-5 if right else 5, 4 - 10 * k),
-            ha="right" if right else "left", fontsize="x-small",
-        )  # fmt: skip
+    placed = []
+    for i in sorted(range(len(texts)), key=lambda i: (-points[i][1], points[i][0])):
+        right = xs[i] > middle and x_range[1] > x_range[0]
+        base = (-5.0 if right else 5.0, 3.0)
+        style = {"textcoords": "offset points", "ha": "right" if right else "left", "va": "bottom", "fontsize": "x-small"}
+        label = ax.annotate(texts[i], (xs[i], ys[i]), xytext=base, **style)
+        line = Text.get_window_extent(label, renderer).height * 72 / fig.dpi + 1.0
+        for step in [0, *[k * s for k in range(1, 40) for s in (1, -1)]]:
+            label.xyann = (base[0], base[1] + step * line)
+            box = Text.get_window_extent(label, renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+        placed.append(box)
+        if step:  # moved away from its point: draw the way back
+            label.remove()
+            arrow = {"arrowstyle": "-", "color": "0.55", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 3}
+            ax.annotate(texts[i], (xs[i], ys[i]), xytext=(base[0], base[1] + step * line), arrowprops=arrow, **style)
 
 
 def _name(row: pd.Series) -> str:
-    return f"{row['variant']}†" if row.get("reused", False) else str(row["variant"])
+    """The variant with the report's marks: † reused, ‡ timed under contention."""
+    return f"{row['variant']}{'†' if row.get('reused', False) else ''}{'‡' if row.get('contended', False) else ''}"
 
 
 def _colors(n: int) -> list:

@@ -23,9 +23,11 @@ if TYPE_CHECKING:
 
 REUSED_MARK = "†"
 REUSED_NOTE = (
-    f"{REUSED_MARK} reused: the numbers were carried over from an earlier run with the same config_hash "
-    f"(its id is in the reused_from column of {{csv}}), not measured again in this sweep."
+    f"{REUSED_MARK} reused: the numbers were carried over from an earlier run of the same sweep with the same "
+    f"config_hash, not measured again (ids in the reused_from columns of {{csv}}):"
 )
+CONTENDED_MARK = "‡"
+CONTENDED_NOTE = f"{CONTENDED_MARK} timed under contention (other work competed for the machine): speed not comparable."
 MISSING = "–"
 CSV_NAME = "comparison.csv"
 _TEXT_HEADERS = {"variant", "status", "accuracy", "error"}  # left-aligned; numbers align right
@@ -70,6 +72,8 @@ SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("latency_ms_p50", "latency p50 (ms)", "num"),
     ("speedup_latency", "latency ×", "speedup"),
     ("e2e_fps", "e2e fps", "num"),
+    ("alone_fps", "fps alone", "num"),
+    ("alone_ratio", "fps / alone", "speedup"),
     ("device_fps", "device fps", "num"),
     ("speedup_device_fps", "device fps ×", "speedup"),
     ("peak_rss_mb", "peak RSS (MB)", "int"),
@@ -107,6 +111,9 @@ DETAIL_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("post_ms", "post (ms/img)", "num"),
     ("device_ms", "device (ms/img)", "num"),
     ("layers", "layers", "int"),
+    ("cond_others_cores", "others' cores", "num"),
+    ("cond_steal_pct", "steal (%)", "num"),
+    ("cond_cpu_util", "CPU use", "percent"),
 )
 _DERIVED = {"delta_map50_95", "speedup_fps", "speedup_latency", "speedup_device_fps"}
 
@@ -124,8 +131,7 @@ def format_table(table: pd.DataFrame, columns: Sequence[tuple[str, str, str]] = 
     for column, header, kind in shown:
         values = table[column]
         if column == "variant":
-            marks = table["reused"].map({True: REUSED_MARK, False: ""}) if "reused" in table else ""
-            out[header] = values.astype(str) + marks
+            out[header] = [f"{v}{m}" for v, m in zip(values.astype(str), _marks(table))]
         elif column == "error":
             out[header] = values.fillna("").astype(str).map(lambda e: e if len(e) <= _MAX_ERROR else e[: _MAX_ERROR - 1] + "…")
         elif kind == "text":
@@ -136,6 +142,33 @@ def format_table(table: pd.DataFrame, columns: Sequence[tuple[str, str, str]] = 
             if column in _DERIVED and "baseline" in table:
                 out.loc[table["baseline"].astype(bool), header] = "baseline"
     return out.reset_index(drop=True)
+
+
+def _marks(table: pd.DataFrame) -> list[str]:
+    """The dagger of a reused row, the double dagger of a contended one."""
+    reused = table["reused"].eq(True) if "reused" in table else pd.Series(False, index=table.index)
+    contended = table["contended"].eq(True) if "contended" in table else pd.Series(False, index=table.index)
+    return [(REUSED_MARK if r else "") + (CONTENDED_MARK if c else "") for r, c in zip(reused, contended)]
+
+
+def footnotes(table: pd.DataFrame) -> list[str]:
+    """The footnotes under the variants: where each reused number came from, what contention means."""
+    notes = []
+    if "reused" in table and table["reused"].eq(True).any():
+        sources = [
+            f"{r.variant}: run {str(r.reused_from)[:8]} of sweep {_short(getattr(r, 'reused_from_sweep', ''))}, "
+            f"measured {getattr(r, 'reused_from_start', '') or '?'}"
+            for r in table[table["reused"].eq(True)].itertuples()
+        ]
+        notes.append(REUSED_NOTE.format(csv=CSV_NAME) + " " + "; ".join(sources) + ".")
+    if "contended" in table and table["contended"].eq(True).any():
+        notes.append(CONTENDED_NOTE)
+    return notes
+
+
+def _short(run_id: object) -> str:
+    text = "" if run_id is None or (isinstance(run_id, float) and math.isnan(run_id)) else str(run_id)
+    return text[:8] if len(text) == 32 else (text or "?")
 
 
 def format_repeats(repeats: pd.DataFrame) -> pd.DataFrame:
@@ -183,7 +216,7 @@ def write_report(
     summary, details = format_table(table, SUMMARY_COLUMNS), format_table(table, DETAIL_COLUMNS)
     if len(details.columns) <= 1:  # nothing beyond the variant name: no accuracy, no time split
         details = details.iloc[0:0, 0:0]
-    footnote = REUSED_NOTE.format(csv=CSV_NAME) if "reused" in table and table["reused"].any() else ""
+    footnote = " ".join(footnotes(table))
     row_classes = [
         " ".join(c for c, on in (("failed", status != "FINISHED"), ("baseline", bool(base))) if on)
         for status, base in zip(table.get("status", [""] * len(table)), table.get("baseline", [False] * len(table)))

@@ -15,9 +15,19 @@ def _tasks() -> dict[str, Callable[[DictConfig], Any]]:
     from yolomlu.tasks.info import info
     from yolomlu.tasks.records import import_task
     from yolomlu.tasks.report import report_task
+    from yolomlu.tasks.time_engine import time_engine_task
     from yolomlu.tasks.train import train_job
 
-    return {"evaluate": evaluate, "detect": detect, "info": info, "import": import_task, "report": report_task, "export": export_task, "train": train_job}
+    return {
+        "evaluate": evaluate,
+        "detect": detect,
+        "info": info,
+        "import": import_task,
+        "report": report_task,
+        "export": export_task,
+        "train": train_job,
+        "time_engine": time_engine_task,
+    }
 
 
 def run_task(cfg: DictConfig) -> Any:

@@ -27,6 +27,10 @@ from yolomlu.model.checkpoint import load_weights
 from yolomlu.tracking import TrackingSettings, default_tracking_uri
 from yolomlu.tracking.query import BOOKKEEPING_OVERRIDES
 
+# Set by the sweep callback for its jobs: the keys of the sweep's own command-line overrides that give
+# every job the same value (joined by the unit separator), so they make no job's variant name.
+SWEEP_OVERRIDES_ENV = "YOLOMLU_SWEEP_OVERRIDES"
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # model.weights=demo: the checkpoint trained on the synthetic set, shipped as package data.
 DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "demo_yolov5n_v5.pt"
@@ -105,26 +109,52 @@ TRANSFORM_ORDER = ("focus_to_conv", "spp_to_sppf", "fuse")
 
 
 def transform_names(cfg: DictConfig) -> list[str]:
-    """The transforms switched on in ``cfg.transforms``, in the order they must run."""
+    """The transforms switched on in ``cfg.transforms``, in the order they must run. ``fuse`` waits
+    when an MLU quantization follows (:func:`bn_unfolded_for_quant`)."""
     unknown = set(cfg.transforms) - set(TRANSFORM_ORDER)
     if unknown:
         raise ValueError(f"unknown transforms {sorted(unknown)}; known: {list(TRANSFORM_ORDER)}")
-    return [name for name in TRANSFORM_ORDER if cfg.transforms.get(name)]
+    names = [name for name in TRANSFORM_ORDER if cfg.transforms.get(name)]
+    if "fuse" in names and bn_unfolded_for_quant(cfg):
+        names.remove("fuse")
+    return names
+
+
+def bn_unfolded_for_quant(cfg: DictConfig) -> bool:
+    """Whether the model reaches an MLU quantization (emulated, or in the MLU worker) with its
+    BatchNorm layers unfolded: ``quantize_dynamic_mlu`` swaps the convs of the model as built and
+    leaves BatchNorm to run after them, so its weight ranges, scales and quant-params file are those
+    of the unfolded convs. True unless quant is off, is ONNX Runtime's own, or ``quant.fold_bn``."""
+    from yolomlu.tasks.quant_stage import settings_of
+
+    settings = settings_of(cfg)
+    return settings.enabled and settings.qconfig.scheme != "onnxruntime" and not settings.fold_bn
+
+
+def variant_overrides(cfg: DictConfig) -> str | None:
+    """What sets this job apart in its sweep: its preset (``experiments=fused`` -> ``fused``) plus its
+    other command-line overrides (a grid's ``quant.per_channel=true ...``), leaving out bookkeeping
+    ones (where and how a result is recorded) and those every job of the sweep shares. None outside
+    a Hydra run or without any."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    shared = set(os.environ.get(SWEEP_OVERRIDES_ENV, "").split("\x1f")) - {""}
+    overrides = [
+        o
+        for o in HydraConfig.get().overrides.task
+        if not o.lstrip("+~").startswith(BOOKKEEPING_OVERRIDES) and o.split("=", 1)[0].lstrip("+~") not in shared
+    ]
+    preset = [o.split("=", 1)[1] for o in overrides if o.startswith("experiments=")]
+    rest = [o for o in overrides if not o.startswith("experiments=")]
+    return " ".join(preset + rest) or None
 
 
 def variant_name(cfg: DictConfig) -> str:
-    """What sets this job apart in its sweep: its preset (``experiments=fused`` -> ``fused``) plus
-    any other command-line overrides (a grid's ``quant.per_channel=true ...``); else its run name."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        # Where and how a result is recorded does not name the variant.
-        overrides = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(BOOKKEEPING_OVERRIDES)]
-        preset = [o.split("=", 1)[1] for o in overrides if o.startswith("experiments=")]
-        rest = [o for o in overrides if not o.startswith("experiments=")]
-        if preset or rest:
-            return " ".join(preset + rest)
-    return run_name(cfg)
+    """The variant as the report and the ``variant`` tag name it: :func:`variant_overrides`, else the
+    descriptive run name."""
+    return variant_overrides(cfg) or descriptive_name(cfg)
 
 
 def detect_head(model: torch.nn.Module) -> DetectHead:
@@ -167,11 +197,11 @@ def describe_dataset(dataset: CocoDataset) -> dict[str, Any]:
 
 
 # -- backend -----------------------------------------------------------------------------------
-def make_runner(cfg: DictConfig, model: torch.nn.Module) -> Runner:
+def make_runner(cfg: DictConfig, model: torch.nn.Module, **replaced: Any) -> Runner:
     """The runner named by ``backend.name``, given the other backend keys as settings (plus where
-    to write files and the input size)."""
+    to write files and the input size); ``replaced``: backend keys a task sets its own way."""
     settings = {k: v for k, v in to_plain(cfg.backend).items() if k != "name"}
-    settings.update(work_dir=str(Path(cfg.paths.cache_dir) / "exports"), img_size=cfg.img_size)
+    settings.update(replaced, work_dir=str(Path(cfg.paths.cache_dir) / "exports"), img_size=cfg.img_size)
     cls = runner_class(cfg.backend.name)
     try:
         return cls(model, **settings)
@@ -196,9 +226,16 @@ def tracking_settings(cfg: DictConfig) -> TrackingSettings:
     return TrackingSettings(uri=uri, experiment=t.experiment, artifact_root=t.artifact_root, offline_dir=t.offline_dir)
 
 
-def run_name(cfg: DictConfig) -> str:
+def run_name(cfg: DictConfig, in_sweep: bool = False) -> str:
+    """``tracking.run_name``, else in a sweep the variant (unique among the sweep's jobs, which
+    differ by their overrides), else :func:`descriptive_name`."""
     if cfg.tracking.run_name:
         return str(cfg.tracking.run_name)
+    return (variant_overrides(cfg) if in_sweep else None) or descriptive_name(cfg)
+
+
+def descriptive_name(cfg: DictConfig) -> str:
+    """model-backend-device-mode-precision-bs<batch>-<size>, e.g. demo-torch-cpu-eager-fp32-bs1-320."""
     b = cfg.backend
     precision = cfg.quant.name if cfg.quant.name != "none" else "half" if b.get("half") else "fp32"
     mode = b.get("mode", "")
@@ -287,7 +324,7 @@ def log_stream() -> Any:
 
 
 # -- validation --------------------------------------------------------------------------------
-TASKS = ("evaluate", "detect", "info", "import", "report", "export", "train")
+TASKS = ("evaluate", "detect", "info", "import", "report", "export", "train", "time_engine")
 ARCHS = ("v5", "v6")
 DATASETS = ("shapes", "coco")
 
@@ -315,6 +352,10 @@ def validate_config(cfg: DictConfig) -> None:
     transform_names(cfg)
     if not isinstance(cfg.bench.warmup, int) or cfg.bench.warmup < 0:
         raise ValueError(f"bench.warmup={cfg.bench.warmup!r} must be a non-negative integer")
+    rounds = cfg.bench.rounds
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= cfg.bench.iters:
+        raise ValueError(f"bench.rounds={rounds!r} must be an integer from 1 to bench.iters={cfg.bench.iters}")
+    choose(cfg.sweep.reuse, ("sweep", "any"), "sweep.reuse")
     from yolomlu.tasks.quant_stage import settings_of
 
     settings_of(cfg)  # every quant key and value

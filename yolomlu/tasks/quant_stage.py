@@ -2,30 +2,58 @@
 
 Calibrate (or load a quant-params file) -> quantize a copy of the float model -> SQNR evidence ->
 per-layer sensitivity -> the quant-params file as an artifact. A backend that quantizes by itself
-(ONNX Runtime, the MLU SDK) gets calibration batches instead; see :func:`calibration_batches`.
+(ONNX Runtime, the MLU SDK) gets calibration batches instead.
+
+The quantizer sees the model as ``quantize_dynamic_mlu`` sees it: the convolutions with their
+BatchNorm layers *unfolded* (``transforms.fuse`` is not applied before an MLU quantization; see
+``common.bn_unfolded_for_quant``), so weight ranges, scales and the quant-params file are the
+device's. ``quant.fold_bn=true`` folds them first on purpose, and the run says so.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
 from yolomlu import quant as q
+from yolomlu.backends import runner_class
 from yolomlu.data.coco import CocoDataset
 from yolomlu.evaluate.pipeline import preprocess
+from yolomlu.tasks.stages import StageResult
+
+BN_UNFOLDED = "unfolded: each BatchNorm runs after its quantized conv, as quantize_dynamic_mlu sees the model"
+BN_FOLDED = "folded into the convs before quantizing (quant.fold_bn=true: a deliberate variant, not what quantize_dynamic_mlu does)"
 
 
 @dataclass
-class EmulatedQuant:
-    model: torch.nn.Module  # the float model with fake-quantized Conv/Linear layers
-    scales: dict
-    settings: q.QuantSettings
-    fallback_layers: list[str]  # the k most sensitive layers (quant.fallback_topk), for a float fallback
+class Quantized:
+    """What the quant stage hands to the runner.
+
+    model: the model the runner gets: the float model (no quantization, or a backend that quantizes
+    itself) or an emulated int8/int16 copy; calibration: batches for a backend that quantizes itself.
+    """
+
+    model: torch.nn.Module
+    calibration: list[torch.Tensor] | None = None
+    float_model: torch.nn.Module | None = None
+    scales: dict = field(default_factory=dict)
+    settings: q.QuantSettings | None = None
+    fallback_layers: list[str] = field(default_factory=list)  # the k most sensitive (quant.fallback_topk)
+
+    def with_float_fallback(self) -> torch.nn.Module:
+        """A copy quantized with the same scales but the fallback layers kept in float (no recalibration)."""
+        qc = self.settings.qconfig
+        qc = dataclasses.replace(qc, mixed_layer=qc.mixed_layer + tuple(self.fallback_layers))
+        model = copy.deepcopy(self.float_model)
+        q.quantize_model(model, self.scales, qc)
+        q.emulate_float_precision(model, self.settings.target_float_dtype)
+        return model
 
 
 def settings_of(cfg: DictConfig) -> q.QuantSettings:
@@ -42,45 +70,64 @@ def calibration_batches(cfg: DictConfig, dataset: CocoDataset, settings: q.Quant
     return [preprocess([dataset.load_image(i) for i in ids[k : k + bs]], cfg.img_size)[0] for k in range(0, n, bs)]
 
 
-def emulate(cfg: DictConfig, float_model: torch.nn.Module, dataset: CocoDataset, check: torch.Tensor | None, run, metrics: dict) -> EmulatedQuant:
-    """Quantize a copy of ``float_model`` with the MLU's semantics and log the evidence."""
+def quantize(
+    cfg: DictConfig, model: torch.nn.Module, dataset: CocoDataset, check: torch.Tensor | None, unfolded: bool
+) -> tuple[Quantized, StageResult]:
+    """The stage: nothing (quant=none), calibration batches for a backend that quantizes itself, or
+    the MLU emulation. ``unfolded``: the model's BatchNorm layers were left unfolded for it."""
     settings = settings_of(cfg)
+    if not settings.enabled:
+        return Quantized(model), StageResult()
+    bn = {"quant.bn": BN_UNFOLDED if unfolded else BN_FOLDED} if settings.qconfig.scheme != "onnxruntime" else {}
+    if runner_class(cfg.backend.name).quantizes_itself:
+        tags = {"quant.source": "calibrated by the backend", "quant.observed_images": settings.observed_images, **bn}
+        return Quantized(model, calibration=calibration_batches(cfg, dataset, settings)), StageResult(tags=tags)
+    quantized, result = emulate(cfg, model, dataset, check, settings)
+    result.tags.update(bn)
+    return quantized, result
+
+
+def emulate(
+    cfg: DictConfig, float_model: torch.nn.Module, dataset: CocoDataset, check: torch.Tensor | None, settings: q.QuantSettings
+) -> tuple[Quantized, StageResult]:
+    """Quantize a copy of ``float_model`` with the MLU's semantics; the evidence as a StageResult."""
     qc = settings.qconfig
     if qc.scheme == "onnxruntime":
         raise ValueError("quant.scheme=onnxruntime is ONNX Runtime's own int8: use it with backend=onnxruntime")
     if settings.calib_method != "minmax":
         raise ValueError(f"quant.calib.method={settings.calib_method} is ONNX Runtime only; the MLU's observers are minmax")
+    result = StageResult()
     if settings.params_file:
         scales, info = q.load_quant_params(settings.params_file)
         q.check_quant_params(float_model, info, qc)
-        run.set_tags({"quant.source": f"params_file {settings.params_file}"})
+        result.tags["quant.source"] = f"params_file {settings.params_file}"
     else:
         scales = q.calibrate(float_model, calibration_batches(cfg, dataset, settings), qc)
-        run.set_tags({"quant.source": "calibrated", "quant.observed_images": settings.observed_images})
+        result.tags.update({"quant.source": "calibrated", "quant.observed_images": settings.observed_images})
     quantized = copy.deepcopy(float_model)
-    metrics["quant_layers"] = q.quantize_model(quantized, scales, qc)
-    run.set_tags({"quant_emulated": "true", "quant.scheme": qc.scheme, "quant.dtype": qc.dtype})
+    result.metrics["quant_layers"] = q.quantize_model(quantized, scales, qc)
+    q.emulate_float_precision(quantized, settings.target_float_dtype)
+    result.tags.update(
+        {
+            "quant_emulated": "true",
+            "quant.scheme": qc.scheme,
+            "quant.dtype": qc.dtype,
+            "quant.float_dtype": f"{settings.target_float_dtype} (BatchNorm, activations and every layer's output)",
+        }
+    )
     if check is not None:
         frame = q.layer_sqnr(float_model, quantized, check)
-        metrics.update(q.sqnr_summary(frame))
-        run.log_table(frame, "quant_layer_sqnr.json")
-        run.set_tags({"quant.worst_layer": frame.loc[frame["sqnr_db"].idxmin(), "name"]})
-    path = q.save_quant_params(Path(cfg.paths.cache_dir) / "quant" / f"{run.run_id}.pth", float_model, scales, qc)
-    run.log_artifact(path, "quant_params")
+        result.metrics.update(q.sqnr_summary(frame))
+        result.tables["quant_layer_sqnr.json"] = frame
+        result.tags["quant.worst_layer"] = frame.loc[frame["sqnr_db"].idxmin(), "name"]
+    path = Path(cfg.paths.cache_dir) / "quant" / f"quant_params-{uuid.uuid4().hex[:12]}.pth"
+    result.artifacts.append((q.save_quant_params(path, float_model, scales, qc), "quant_params"))
     fallback: list[str] = []
     if settings.sensitivity_images and check is not None:
         batch = check[: settings.sensitivity_images]
         table = q.sensitivity_table(float_model, quantized, batch)
         fallback = q.most_sensitive(table, settings.fallback_topk) if settings.fallback_topk else []
-        run.log_table(table, "quant_sensitivity.json")
-        run.log_text(table.to_csv(index=False), "quant_sensitivity.csv")
-        run.log_figure(q.sensitivity_figure(table, title=f"{cfg.model.name} {qc.dtype}", highlight=fallback), "quant_sensitivity.png")
-    return EmulatedQuant(quantized, scales, settings, fallback)
-
-
-def with_float_fallback(float_model: torch.nn.Module, emulated: EmulatedQuant) -> torch.nn.Module:
-    """A copy quantized with the same scales but the fallback layers kept in float (no recalibration)."""
-    qc = dataclasses.replace(emulated.settings.qconfig, mixed_layer=emulated.settings.qconfig.mixed_layer + tuple(emulated.fallback_layers))
-    model = copy.deepcopy(float_model)
-    q.quantize_model(model, emulated.scales, qc)
-    return model
+        result.tables["quant_sensitivity.json"] = table
+        result.texts["quant_sensitivity.csv"] = table.to_csv(index=False)
+        result.figures["quant_sensitivity.png"] = q.sensitivity_figure(table, title=f"{cfg.model.name} {qc.dtype}", highlight=fallback)
+    return Quantized(quantized, float_model=float_model, scales=scales, settings=settings, fallback_layers=fallback), result

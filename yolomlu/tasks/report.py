@@ -13,6 +13,7 @@ def report_task(cfg: DictConfig) -> dict[str, str | int]:
     """Report on ``cfg.report.parent`` (null: the newest sweep) into ``cfg.report.out_dir``; print
     the comparison table and the report's path; return the paths and the number of runs."""
     from yolomlu.report import build_report, format_table
+    from yolomlu.report.build import LATEST
     from yolomlu.report.render import format_repeats, repeats_title
 
     settings = common.tracking_settings(cfg)
@@ -26,4 +27,7 @@ def report_task(cfg: DictConfig) -> dict[str, str | int]:
         print(format_repeats(result.repeats).to_string(index=False), file=out)
     print(f"[yolomlu] report: {result.html.resolve()}", file=out)
     print(f"[yolomlu] markdown: {result.md.resolve()}", file=out)
+    latest = Path(cfg.report.out_dir).expanduser() / LATEST / result.html.name
+    if latest.exists():
+        print(f"[yolomlu] newest report, always at: {latest}", file=out)
     return {"html": str(result.html), "md": str(result.md), "runs": len(result.table)}

@@ -9,6 +9,8 @@ environment variable ``YOLOMLU_PARENT_RUN_ID`` (inherited by joblib and submitit
 from __future__ import annotations
 
 import atexit
+import hashlib
+import json
 import os
 import signal
 import sys
@@ -21,13 +23,30 @@ from omegaconf import DictConfig
 
 from yolomlu.tasks import common
 from yolomlu.tracking import child_runs, start_run
+from yolomlu.tracking.query import BOOKKEEPING_OVERRIDES
 
 PARENT_ENV = "YOLOMLU_PARENT_RUN_ID"
+SWEEP_KEY_ENV = "YOLOMLU_SWEEP_KEY"
 
 
 def parent_run_id() -> str | None:
     """The id of the sweep's parent run when this job is part of a sweep."""
     return os.environ.get(PARENT_ENV) or None
+
+
+def sweep_key() -> str | None:
+    """What makes this job's sweep the same sweep as an earlier one (see :func:`sweep_identity`)."""
+    return os.environ.get(SWEEP_KEY_ENV) or None
+
+
+def sweep_identity(preset: str, overrides: list[str], env: dict[str, str]) -> str:
+    """A short hash of what a sweep is: its preset, its command-line overrides that change what is
+    measured (bookkeeping ones such as ``sweep.rerun=true`` aside), and the code, host and torch
+    that measure it. A sweep may reuse a finished job only from a sweep with the same identity: an
+    interrupted or repeated run of itself."""
+    measured = sorted(o for o in overrides if not o.lstrip("+~").startswith(BOOKKEEPING_OVERRIDES))
+    text = json.dumps([preset, measured, env["code_hash"], env["host"], env["torch"]])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 class JobTimeout(TimeoutError):
@@ -85,13 +104,20 @@ class SweepTracking(Callback):
         # HydraConfig is not set yet in the parent at this point: read the hydra node directly.
         choices = config.hydra.runtime.choices
         preset = choices.get("experiments/sweep") or choices.get("experiments") or "adhoc"
-        overrides = " ".join(config.hydra.overrides.task)
+        overrides = list(config.hydra.overrides.task)
+        env = common.environment_tags()
+        key = sweep_identity(preset, overrides, env)
         self._parent = start_run(
             self._settings,
             f"sweep-{preset}-{time.strftime('%Y%m%d-%H%M%S')}",
-            tags={"sweep": "true", "sweep_preset": preset, "sweep_overrides": overrides, **common.environment_tags()},
+            tags={"sweep": "true", "sweep_preset": preset, "sweep_overrides": " ".join(overrides), "sweep_key": key, **env},
         )
         os.environ[PARENT_ENV] = self._parent.run_id
+        os.environ[SWEEP_KEY_ENV] = key
+        # Keys every job shares a value of name no job's variant: only a job's own ones do. (Keys, not
+        # strings: the sweeper writes a job's values anew, `eval.enabled=false` as `eval.enabled=False`.)
+        shared = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o and "," not in o]
+        os.environ[common.SWEEP_OVERRIDES_ENV] = "\x1f".join(shared)
         # Ctrl-C or SIGTERM skips on_multirun_end: close the parent on the way out instead.
         atexit.register(self._close_interrupted)
         print(f"[yolomlu] sweep parent run {self._parent.run_id} ({self._settings.uri})", file=common.log_stream())
@@ -107,7 +133,8 @@ class SweepTracking(Callback):
 
     def _close(self, status: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
         """End the parent run with ``status`` and the summary of its children so far."""
-        os.environ.pop(PARENT_ENV, None)
+        for name in (PARENT_ENV, SWEEP_KEY_ENV, common.SWEEP_OVERRIDES_ENV):
+            os.environ.pop(name, None)
         parent, self._parent = self._parent, None
         children = child_runs(self._settings, parent.run_id)
         failed = [c for c in children if c["status"] != "FINISHED"]

@@ -1,6 +1,6 @@
 """Experiment tracking. The only package that imports mlflow."""
 
-from yolomlu.tracking.query import fetch_runs, latest_sweep, load_table_artifact, log_report, repeat_sweeps
+from yolomlu.tracking.query import fetch_runs, latest_sweep, load_table_artifact, log_report, repeat_sweeps, run_label
 from yolomlu.tracking.store import (
     RunLogger,
     TrackingSettings,
@@ -31,5 +31,6 @@ __all__ = [
     "log_report",
     "repeat_sweeps",
     "reuse_run",
+    "run_label",
     "start_run",
 ]

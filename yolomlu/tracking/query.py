@@ -23,7 +23,11 @@ if TYPE_CHECKING:  # pandas is imported where it is used, so `import yolomlu.tra
 
 _PAGE = 1000  # runs per search_runs page (MLflow's pandas helper uses the same)
 # Command-line overrides that say where and how a job is recorded, not what it measures.
-BOOKKEEPING_OVERRIDES = ("experiments/sweep=", "sweep.", "tracking.", "paths.", "report.", "hydra")
+BOOKKEEPING_OVERRIDES = (
+    "experiments/sweep=", "sweep.", "tracking.", "paths.", "report.", "hydra",
+    # Where the MLU SDK's Python is and how long to wait for it: the same variant on any box.
+    "backend.python=", "backend.timeout_s=", "backend.keep_exchange=",
+)  # fmt: skip
 REPORT_ARTIFACT_DIR = "report"
 
 
@@ -126,8 +130,9 @@ def latest_sweep(settings: TrackingSettings) -> str | None:
 def repeat_sweeps(settings: TrackingSettings, parent_run_id: str, n: int) -> list[str]:
     """Ids of the newest ``n`` sweeps (oldest first, ``parent_run_id`` last) that ran the same sweep
     preset with the same overrides as ``parent_run_id`` (bookkeeping ones such as
-    ``sweep.rerun=true`` aside), with the same code on the same host, and started no later than it.
-    A sweep all of whose jobs were reused measured nothing: it is skipped."""
+    ``sweep.rerun=true`` aside), with the same code on the same host (the same ``sweep_key``), ran
+    to their end (FINISHED) and started no later than it. A sweep all of whose jobs were reused
+    measured nothing: it is skipped."""
     from mlflow.exceptions import MlflowException
 
     client = _reader(settings)
@@ -135,8 +140,10 @@ def repeat_sweeps(settings: TrackingSettings, parent_run_id: str, n: int) -> lis
         parent = client.get_run(parent_run_id)
     except MlflowException as exc:
         raise ValueError(f"no run {parent_run_id!r} in {settings.uri}") from exc
-    conditions = ["tags.sweep = 'true'", f"attributes.start_time <= {parent.info.start_time}"]
-    for key in ("sweep_preset", "code_hash", "host"):
+    # Only sweeps that ran to their end: a killed one measured a part, maybe under other conditions.
+    conditions = ["tags.sweep = 'true'", f"attributes.start_time <= {parent.info.start_time}", "attributes.status = 'FINISHED'"]
+    keys = ("sweep_key",) if "sweep_key" in parent.data.tags else ("sweep_preset", "code_hash", "host")
+    for key in keys:
         if (value := parent.data.tags.get(key)) is not None:
             conditions.append(f"tags.{key} = {_quoted(value)}")
     runs = client.search_runs(
@@ -156,6 +163,12 @@ def repeat_sweeps(settings: TrackingSettings, parent_run_id: str, n: int) -> lis
     repeats = [r for r in runs if r.info.run_id != parent_run_id and measured(r) and what_it_measures(r) == same]
     ids = [r.info.run_id for r in repeats][: n - 1]
     return ids[::-1] + [parent_run_id]
+
+
+def run_label(settings: TrackingSettings, run_id: str) -> str:
+    """``<run name>-<first 8 characters of the id>``: a name for the run's files on disk."""
+    run = _reader(settings).get_run(run_id)
+    return f"{run.info.run_name or 'run'}-{run_id[:8]}"
 
 
 def load_table_artifact(settings: TrackingSettings, run_id: str, path: str) -> pd.DataFrame | None:

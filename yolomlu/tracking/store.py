@@ -232,8 +232,9 @@ def child_runs(settings: TrackingSettings, parent_run_id: str) -> list[dict[str,
 
 
 def find_finished_run(settings: TrackingSettings, config_hash: str, same: Mapping[str, str] | None = None) -> str | None:
-    """Id of the newest FINISHED, not itself reused, run with this ``config_hash`` and the tag
-    values in ``same`` (the code and machine that measured it), MLflow only."""
+    """Id of the newest FINISHED run with this ``config_hash`` and the tag values in ``same`` (the
+    sweep, code and machine that measured it) that is neither itself a copy nor timed under
+    contention (its numbers should be measured again), MLflow only."""
     if settings.offline_dir:
         return None
     client = _client(settings.uri)
@@ -245,7 +246,7 @@ def find_finished_run(settings: TrackingSettings, config_hash: str, same: Mappin
         max_results=50,
     )
     for run in runs:
-        if "reused_from" not in run.data.tags:
+        if "reused_from" not in run.data.tags and run.data.tags.get("contended") != "true":
             return run.info.run_id
     return None
 
@@ -273,7 +274,12 @@ def reuse_run(
     source = client.get_run(source_run_id)
     own = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")}
     own.update({k: str(v) for k, v in (tags or {}).items()})
-    own.update(reused_from=source_run_id, reused_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    own.update(
+        reused_from=source_run_id,
+        reused_from_sweep=source.data.tags.get("mlflow.parentRunId", "none (a standalone job)"),
+        reused_from_start=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(source.info.start_time / 1000)),
+        reused_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
     tags = own
     logger = start_run(settings, run_name, tags, parent_run_id)
     logger.log_params(source.data.params)

@@ -3,6 +3,7 @@ config, validate, and reach the runner as the settings they name."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,48 @@ def test_mlu_preset_composes_with_int8_and_names_its_command(compose_cfg, preset
     runner = make_runner(cfg, torch.nn.Identity())
     assert runner.quant.enabled and runner.quant.qconfig.firstconv is False  # the study's qconfig
     assert Path(runner.work_dir).name == "exports"
+
+
+def _header_command(preset: str) -> list[str]:
+    """The command line a preset's header gives, as a list of arguments after ``python -m yolomlu``."""
+    text = (ROOT / "experiments" / f"{preset}.yaml").read_text()
+    (line,) = [line for line in text.splitlines() if f"python -m yolomlu experiments={preset}" in line]
+    return line.split("python -m yolomlu", 1)[1].split()
+
+
+# Shrinks the data and the timing, nothing else: the rest is the header's command as written.
+SMALL = ["data.n_images=4", "eval.parity_images=1", "bench.warmup=1", "bench.iters=2"]
+
+
+@pytest.mark.parametrize("preset", MLU_PRESETS)
+def test_every_mlu_command_runs_as_written_from_a_fresh_folder(preset: str, run_cli, read_runs, tmp_path: Path, monkeypatch) -> None:
+    """The header's command with backend.python set to this Python and the stand-in on PYTHONPATH, run
+    from an empty folder with the default relative paths: it finishes, and says what it is."""
+    import sys
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent / "standin"))
+    args = [a if not a.startswith("backend.python=") else f"backend.python={sys.executable}" for a in _header_command(preset)]
+    run_cli(*args, *SMALL)
+    run = read_runs(tmp_path / "mlflow.db").iloc[0]
+    assert run["status"] == "FINISHED"
+    assert run["tags.backend.sdk_standin"].startswith("true")
+    # No accuracy from a stand-in that computes nothing like the device: tagged, never logged.
+    assert run["tags.accuracy"] == "not_measured" and "stand-in" in run["tags.accuracy_reason"]
+    assert "metrics.map50_95" not in run or math.isnan(run["metrics.map50_95"])
+    assert run["tags.quant.bn"].startswith("unfolded")
+    # Box agreement was taken at the thresholds the on-device op was compiled with.
+    assert float(run["tags.parity.conf_thres"]) == float(run["params.backend.conf_thres"])
+    assert (tmp_path / ".cache" / "yolomlu" / "exports" / "mlu_legacy").is_dir()  # relative to where it ran
+
+
+def test_a_job_failing_late_keeps_what_its_earlier_stages_measured(run_cli, read_runs, tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent / "standin"))
+    # The legacy SDK writes no per-layer table: asking for one fails the timing stage, the last one.
+    proc = run_cli("experiments=mlu_fused", f"backend.python={sys.executable}", *SMALL, "bench.profile=true", check=False)
+    assert proc.returncode != 0
+    run = read_runs(tmp_path / "mlflow.db").iloc[0]
+    assert run["status"] == "FAILED" and "no per-layer profile" in run["tags.error"]
+    assert run["metrics.params"] > 0 and not math.isnan(run["metrics.parity_box_agreement"])  # logged as each stage ended
+    assert run["tags.quant.source"] == "calibrated by the backend"

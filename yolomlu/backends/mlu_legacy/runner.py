@@ -61,6 +61,7 @@ from yolomlu.backends.base import BackendError, Runner
 from yolomlu.backends.mlu_legacy.config_ini import render_config_ini
 from yolomlu.backends.mlu_legacy.model_export import export_model, save_export
 from yolomlu.postprocess.mlu_buffer import COORDS, DetectionBufferFormat
+from yolomlu.processes import preexec_die_with_parent
 from yolomlu.quant.emulate import resolve_layers
 from yolomlu.quant.qconfig import QuantSettings
 from yolomlu.types import LayerProfile
@@ -249,7 +250,9 @@ class MluLegacyRunner(Runner):
         if self.quant.qconfig.firstconv:
             _check_firstconv(doc)
 
-        self.job_dir = self.work_dir / "mlu_legacy" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # Absolute: the worker runs inside the job folder, where a relative path would mean another place.
+        folder = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.job_dir = (self.work_dir / "mlu_legacy" / folder).resolve()
         self.job_dir.mkdir(parents=True)
         (self.job_dir / "requests").mkdir()
         shutil.copyfile(WORKER, self.job_dir / "worker.py")
@@ -371,7 +374,8 @@ class MluLegacyRunner(Runner):
         self._log_handle.write(f"[yolomlu runner] {shlex.join(cmd)}\n".encode())
         try:
             self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log_handle, cwd=self.job_dir, env=env
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log_handle, cwd=self.job_dir, env=env,
+                preexec_fn=preexec_die_with_parent,  # a killed job takes its worker with it
             )
         except OSError as exc:
             self._log_handle.close()
@@ -522,6 +526,25 @@ class MluLegacyRunner(Runner):
         self._output_dtype = reply["dtype"].removeprefix("torch.")
         return outputs, float(reply["seconds"])
 
+    def accuracy_caveat(self) -> str | None:
+        if self._ready.get("standin"):
+            return (
+                f"torch_mlu here is a test stand-in ({self._ready.get('torch_mlu_file')}): it computes nothing like the "
+                "device, so these outputs predict no MLU accuracy"
+            )
+        return None
+
+    def timing_twin(self) -> None:
+        """None: batches already run in the device worker, a process of its own that does nothing but
+        serve them; this process only exchanges files, and the worker's own clock is what counts."""
+        return None
+
+    def threads_in_use(self) -> int:
+        return 1  # the host side waits for the worker
+
+    def helper_pids(self) -> list[int]:
+        return [self._proc.pid] if self._proc is not None else []
+
     def _profile_impl(self, batch: torch.Tensor, passes: int) -> LayerProfile:
         log = self.job_dir / "worker.log" if self.job_dir else "worker.log in the job folder"
         raise BackendError(
@@ -564,6 +587,7 @@ class MluLegacyRunner(Runner):
             "backend.timing": "worker: copy to device + forward + copy to host (perf_counter in the SDK process)",
             "backend.compile_s": self._ready.get("compile_s"),
             "backend.torch_mlu_file": self._ready.get("torch_mlu_file"),
+            "backend.sdk_standin": "true (a test double of torch_mlu, not the SDK)" if self._ready.get("standin") else None,
             "backend.job_dir": str(self.job_dir) if self.job_dir else None,
         }
         for key, value in self._ready.get("versions", {}).items():
@@ -603,6 +627,11 @@ def _quant_settings(qconfig: Mapping[str, Any] | None) -> QuantSettings:
         raise BackendError(
             f"quant.scheme={settings.qconfig.scheme!r}: the legacy SDK (MLU270/MLU220) quantizes with step absmax/qmax "
             "(scheme mlu270); the power-of-two step belongs to the MLU370 stack"
+        )
+    if settings.enabled and settings.target_float_dtype != "float16":
+        raise BackendError(
+            f"quant.float_dtype={settings.float_dtype!r}: the legacy SDK runs what an int8 model keeps in floating point "
+            "in float16 and takes no setting to change that; leave quant.float_dtype=null"
         )
     if settings.enabled and settings.fallback_topk:
         raise BackendError(

@@ -421,6 +421,8 @@ def main(argv):
             "numpy": np.__version__,
         }
         info["torch_mlu_file"] = getattr(torch_mlu, "__file__", None)
+        # A test double of torch_mlu says so (RECORDING_STANDIN): its numbers are not the device's.
+        info["standin"] = bool(getattr(torch_mlu, "RECORDING_STANDIN", False))
         info["cnml_optimize"] = os.environ.get("CNML_OPTIMIZE")
         channel.send("ready", **info)
         while True:
