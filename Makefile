@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+# Where pip would pick torch's CUDA build (gigabytes the CPU workbench never uses), take the CPU one:
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 ARGS ?=
 PRESET ?= study_cpu
@@ -18,11 +21,15 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,onnx]"
+	@test -x $(PY) || { echo "[setup] creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "[setup] upgrading pip"
+	@$(PY) -m pip install -q --upgrade pip
+	@echo "[setup] installing $(TORCH_SPEC)$(if $(TORCH_INDEX), from $(TORCH_INDEX)) (the CPU build: a minute or two)"
+	@$(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	@echo "[setup] installing yolomlu (editable) with MLflow, Hydra, pycocotools, ONNX Runtime and the test tools (a few minutes)"
+	@$(PY) -m pip install -q -e ".[dev,onnx]"
 	@touch $(STAMP)
+	@echo "[setup] done: use $(VENV)/bin/yolomlu, or 'source $(VENV)/bin/activate' for python -m yolomlu"
 
 setup: $(STAMP) ## create .venv and install yolomlu (editable) with its dev tools and ONNX Runtime
 

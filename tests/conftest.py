@@ -11,9 +11,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from yolomlu.cli import CONFIG_DIR
+from yolomlu.cli import CONFIG_DIR, prepare_process
 
 ROOT = CONFIG_DIR.parent
+# The config schemas in Hydra's ConfigStore (as the command line does first), and no telemetry from
+# the MLflow clients the tests open in this process.
+prepare_process()
 
 # Small enough that a whole job runs in seconds on 2 cores.
 TINY = [

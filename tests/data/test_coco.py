@@ -177,3 +177,20 @@ def test_grayscale_and_rgba_become_rgb(tmp_path):
     for name in ("g.png", "r.png"):
         img = read_image(tmp_path / name)
         assert img.shape == (3, 4, 3) and img.dtype == np.uint8 and (img == 9).all()
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped_and_huge_images_are_refused(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from yolomlu.data.coco import MAX_IMAGE_PIXELS, DataError, read_image
+
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024).astype(np.uint16)  # 0 .. 64512
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    image = read_image(tmp_path / "deep.png")
+    assert image.shape == (8, 8, 3) and image.dtype == np.uint8
+    assert image[..., 0].max() == round(64512 * 255 / 65535) and image[0, 0, 0] == 0  # scaled, not all white
+    side = int(MAX_IMAGE_PIXELS**0.5) + 1
+    Image.new("L", (side, side)).save(tmp_path / "huge.png")
+    with pytest.raises(DataError, match=rf"huge.png is {side}x{side}.*megapixels"):
+        read_image(tmp_path / "huge.png")

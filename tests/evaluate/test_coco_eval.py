@@ -64,3 +64,12 @@ def test_wrong_class_halves_the_mean(ann_file: Path) -> None:
 def test_no_detections_scores_zero(ann_file: Path) -> None:
     result = evaluate_coco(ann_file, {1: Detections.empty(), 2: Detections.empty()}, category_ids=[3, 7])
     assert result.metrics["map50_95"] == 0.0 and result.n_detections == 0
+
+
+def test_classes_without_a_category_score_nothing(ann_file: Path) -> None:
+    # An 80-class model on a 2-category set: its classes 2..79 have no category and are left out.
+    predictions = {1: det([[10, 10, 60, 50], [100, 20, 160, 80], [0, 0, 5, 5]], [0.9, 0.8, 0.99], [0, 1, 57])}
+    results = to_coco_results(predictions, [3, 7])
+    assert [r["category_id"] for r in results] == [3, 7]
+    scored = evaluate_coco(ann_file, predictions, [3, 7])
+    assert scored.n_detections == 2 and scored.metrics["map50"] > 0

@@ -139,3 +139,31 @@ def test_no_runs_give_an_empty_table_with_every_column():
     table = comparison_table(pd.DataFrame(columns=["run_id", "status", "start_time"]))
     assert table.empty and list(table.columns) == list(COLUMNS)
     assert table.attrs["notes"] == ["no runs to compare"]
+
+
+def test_contended_runs_are_marked_and_said_above_the_table():
+    runs = _frame(
+        _run("a", "ref", metrics__fps=10.0, tags__baseline="true", tags__contended="true",
+             tags__contended_reason="other processes kept 1.20 of 2 cores busy during the timing"),
+        _run("b", "fast", start=1, metrics__fps=20.0, tags__contended="false"),
+    )  # fmt: skip
+    table = comparison_table(runs)
+    assert list(table["contended"]) == [True, False]
+    notes = table.attrs["notes"]
+    assert any(n.startswith("CONTENDED: 1 of 2 runs") and "1.20 of 2 cores" in n for n in notes)
+    assert any("the baseline ref itself was timed under contention" in n for n in notes)
+
+
+def test_repeats_leave_out_contended_samples_and_sweeps_with_a_contended_baseline():
+    from yolomlu.report.compare import repeat_table
+
+    def sweep(fast_fps, fast_contended="false", base_contended="false"):
+        return comparison_table(_frame(
+            _run("a", "ref", metrics__fps=10.0, tags__baseline="true", tags__contended=base_contended),
+            _run("b", "fast", start=1, metrics__fps=fast_fps, tags__contended=fast_contended),
+        ))  # fmt: skip
+
+    spread = repeat_table([sweep(20.0), sweep(5.0, fast_contended="true"), sweep(30.0, base_contended="true"), sweep(22.0)])
+    row = spread.set_index("variant").loc["fast"]
+    assert row["sweep 1"] == 2.0 and row["sweep 4"] == 2.2
+    assert math.isnan(row["sweep 2"]) and math.isnan(row["sweep 3"])

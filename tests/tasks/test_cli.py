@@ -85,3 +85,31 @@ def test_detect_honours_quant_and_goes_on_past_an_unreadable_image(run_cli, tmp_
     proc = run_cli("task=detect", f"source={folder}", check=False)
     assert proc.returncode != 0 and "zz_broken.jpg" in proc.stderr
     assert "2 images" in proc.stdout  # the readable ones were all processed
+
+
+def test_a_wrong_type_or_unknown_key_is_refused_in_one_line_before_any_work(run_cli, tmp_path: Path) -> None:
+    proc = _run_plain(tmp_path, "seed=abc")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["yolomlu: config error: seed: Value 'abc' of type 'str' could not be converted to Integer (seed takes int)"]
+    proc = _run_plain(tmp_path, "bench.itres=5")
+    assert proc.returncode == 2 and "bench.itres is not a config key; bench takes: enabled, batch_size, warmup, iters" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_expected_error_in_a_job_is_one_line_and_one_failed_run(read_runs, tmp_path: Path) -> None:
+    proc = _run_plain(tmp_path, *TINY, "model.weights=/nonexistent/w.pt")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == "yolomlu: CheckpointError: checkpoint file not found: /nonexistent/w.pt"
+    assert "Traceback" not in proc.stderr
+    runs = read_runs(tmp_path / "mlflow.db")
+    assert list(runs["status"]) == ["FAILED"] and "/nonexistent/w.pt" in runs.iloc[0]["tags.error"]
+
+
+def _run_plain(cwd: Path, *args: str):
+    """``python -m yolomlu`` as a user runs it: no HYDRA_FULL_ERROR, no verbose switch."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "YOLOMLU_VERBOSE", "YOLOMLU_USER_VERBOSE")}
+    return subprocess.run([sys.executable, "-m", "yolomlu", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)

@@ -224,16 +224,25 @@ def quantize_int8(
     seconds: float | None = None
     if not path.is_file():
         feeds = [{fp32.input_name: b.detach().cpu().float().contiguous().numpy()} for b in used]
+        from tqdm import tqdm
 
         class _Reader(CalibrationDataReader):
             """Hands quantize_static the preprocessed batches, one per call, then None."""
 
             def __init__(self) -> None:
                 self._feeds = iter(feeds)
+                # ORT's calibration, then its quantization pass: minutes at 640 px, so show where it is.
+                self._bar = tqdm(total=len(feeds), desc="ONNX Runtime int8 calibration", unit="batch", leave=False)
 
             def get_next(self) -> dict[str, np.ndarray] | None:
-                return next(self._feeds, None)
+                feed = next(self._feeds, None)
+                if feed is None:
+                    self._bar.set_description_str("ONNX Runtime int8 quantization (no progress to show)")
+                else:
+                    self._bar.update()
+                return feed
 
+        reader = _Reader()
         # quantize_static wants an .onnx name; the pid keeps parallel jobs of a sweep apart
         partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.onnx")
         start = time.perf_counter()
@@ -248,7 +257,7 @@ def quantize_int8(
             quantize_static(
                 str(fp32.path),
                 str(partial),
-                _Reader(),
+                reader,
                 quant_format=QuantFormat.QDQ,
                 per_channel=settings.per_channel,
                 activation_type=QuantType.QUInt8,
@@ -263,6 +272,7 @@ def quantize_int8(
             check_onnx(partial)
             partial.replace(path)  # atomic, as the fp32 export
         finally:
+            reader._bar.close()
             root.setLevel(level)
             partial.unlink(missing_ok=True)
     info = check_onnx(path)

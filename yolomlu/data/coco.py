@@ -15,33 +15,58 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["DataError", "CocoDataset", "read_image"]
+__all__ = ["MAX_IMAGE_PIXELS", "DataError", "CocoDataset", "read_image"]
 
 
 class DataError(ValueError):
     """A dataset, annotation file or image is missing or malformed. The message names the file."""
 
 
+# Larger images are refused before decoding: an 8000 x 8000 RGB image already takes 192 MB, and the
+# network sees it letterboxed to 640 px anyway. (PIL's own guard only warns below 179 megapixels.)
+MAX_IMAGE_PIXELS = 64_000_000
+
+
 def read_image(path: Path) -> np.ndarray:
     """Read one image file as uint8 [H, W, 3] RGB.
 
-    EXIF orientation is deliberately not applied (the COCO convention: annotations refer to the stored
-    pixel grid). Raises DataError naming the file when it is missing, corrupt or truncated.
+    Grey, palette, CMYK and alpha images are converted to RGB; 16- and 32-bit grey images are scaled
+    to 8 bits (their full range onto 0..255), not clipped (PIL's plain conversion would turn every
+    value above 255 white). EXIF orientation is deliberately not applied (the COCO convention:
+    annotations refer to the stored pixel grid). Raises DataError naming the file when it is
+    missing, corrupt, truncated, or larger than :data:`MAX_IMAGE_PIXELS`.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
     try:
         # PIL opens lazily: decoding errors (truncated or corrupt data) only surface in load()/convert(),
-        # so both stay inside the try.
+        # so both stay inside the try. The size is known before decoding.
         with Image.open(path) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise DataError(
+                    f"image {path} is {im.width}x{im.height} ({im.width * im.height / 1e6:.0f} megapixels): larger than "
+                    f"the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels yolomlu decodes; downscale it first"
+                )
             im.load()
-            arr = np.array(im.convert("RGB"))
+            arr = _to_rgb8(im)
+    except DataError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read image {path}: {e}") from e
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.size == 0:
         raise DataError(f"image {path} decoded to an unusable array of shape {arr.shape}")
     return arr
+
+
+def _to_rgb8(im: Image.Image) -> np.ndarray:
+    """uint8 [H, W, 3] RGB of any PIL image; high-bit-depth grey scaled down, not clipped."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") else max(float(values.max()), 1.0)
+        grey = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.array(im.convert("RGB"))
 
 
 def _is_int(x: Any) -> bool:

@@ -28,12 +28,17 @@ class CocoMetrics:
 
 
 def to_coco_results(predictions: dict[int, Detections], category_ids: list[int]) -> list[dict]:
-    """Detections -> COCO result dicts (bbox as x, y, w, h); class index i -> category_ids[i]."""
+    """Detections -> COCO result dicts (bbox as x, y, w, h); class index i -> category_ids[i].
+
+    A model may predict more classes than the dataset has categories (an 80-class checkpoint on a
+    one-category set): boxes of a class without a category score nothing and are left out."""
     results = []
     for image_id, det in predictions.items():
         xywh = det.boxes.astype(np.float64).copy()
         xywh[:, 2:] -= xywh[:, :2]
         for box, score, label in zip(xywh.round(3), det.scores, det.labels):
+            if int(label) >= len(category_ids):
+                continue
             results.append(
                 {
                     "image_id": int(image_id),

@@ -194,7 +194,7 @@ def _normalizer(model: nn.Module, qconfig: QConfig):
 
 
 @torch.no_grad()
-def observe_inputs(model: nn.Module, batches: Iterable[Tensor], qconfig: QConfig) -> dict[str, InputRange]:
+def observe_inputs(model: nn.Module, batches: Iterable[Tensor], qconfig: QConfig, progress: bool = True) -> dict[str, InputRange]:
     """Run `model` (eval mode, no grad) on `batches` and record each Conv2d/Linear input range.
 
     batches: float [B, C, H, W] tensors as the model takes them (for a YOLOv5, the job's 0..1 images),
@@ -224,6 +224,9 @@ def observe_inputs(model: nn.Module, batches: Iterable[Tensor], qconfig: QConfig
     handles = [modules[name].register_forward_pre_hook(hook(name)) for name in observers]
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
+    from tqdm import tqdm
+
+    bar = tqdm(total=qconfig.iteration, desc="quant calibration", unit="batch", disable=not progress, leave=False)
     try:
         remaining = iter(batches)
         while not all(o.full for o in observers.values()):
@@ -231,7 +234,9 @@ def observe_inputs(model: nn.Module, batches: Iterable[Tensor], qconfig: QConfig
             if batch is None:
                 break
             model(batch)
+            bar.update()
     finally:
+        bar.close()
         for handle in handles:
             handle.remove()
         for m, flag in flags:

@@ -47,7 +47,7 @@ def _swap(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def sensitivity_table(float_model: nn.Module, quant_model: nn.Module, batch: Tensor) -> pd.DataFrame:
+def sensitivity_table(float_model: nn.Module, quant_model: nn.Module, batch: Tensor, progress: bool = True) -> pd.DataFrame:
     """The sensitivity table (columns `COLUMNS`, one row per quantized layer of quant_model, in module order).
 
     float_model: the float model; quant_model: the same model after `quantize_model` (e.g. a quantized
@@ -64,6 +64,9 @@ def sensitivity_table(float_model: nn.Module, quant_model: nn.Module, batch: Ten
     float_model.eval()
     quant_model.eval()
     swapped: list[tuple[str, nn.Module]] = []  # (name, original float module), in swap order
+    from tqdm import tqdm
+
+    bar = tqdm(total=2 * len(quantized), desc="quant sensitivity", unit="fwd", disable=not progress, leave=False)
     try:
         reference = _flat_output(float_model, batch)
         solo = []
@@ -73,11 +76,14 @@ def sensitivity_table(float_model: nn.Module, quant_model: nn.Module, batch: Ten
                 solo.append(sqnr_db(reference, _flat_output(float_model, batch)))
             finally:
                 _swap(float_model, name, original)
+            bar.update()
         cumulative = []
         for name, q in quantized.items():
             swapped.append((name, _swap(float_model, name, q)))
             cumulative.append(sqnr_db(reference, _flat_output(float_model, batch)))
+            bar.update()
     finally:
+        bar.close()
         for name, original in reversed(swapped):
             _swap(float_model, name, original)
         for m, flag in flags:

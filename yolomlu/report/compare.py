@@ -207,15 +207,19 @@ def repeat_table(tables: Sequence[pd.DataFrame], metric: str = "speedup_fps") ->
     and max and ``spread`` = (max - min) / median.
 
     Columns: ``variant``, ``sweep 1`` … ``sweep N``, ``min``, ``median``, ``max``, ``spread``. Rows:
-    the variants of the last table, in its order. A cell is NaN where that sweep has no measurement
-    of its own: the variant failed, was missing, or was reused from an earlier run (a copy is not
-    a second sample).
+    the variants of the last table, in its order. A cell is NaN where that sweep has no clean
+    measurement of its own: the variant failed, was missing, was reused from an earlier run (a copy
+    is not a second sample), or it or its baseline was timed under contention (a disturbed timing
+    says nothing about how the variant's speed-up spreads).
     """
     sweeps = [f"sweep {i + 1}" for i in range(len(tables))]
     variants = list(tables[-1]["variant"]) if tables else []
     out = pd.DataFrame({"variant": variants})
     for label, table in zip(sweeps, tables):
-        measured = table[(table["status"] == "FINISHED") & ~table["reused"].astype(bool)]
+        clean = ~table["contended"].eq(True) if "contended" in table else True
+        if "contended" in table and table.loc[table["baseline"].eq(True), "contended"].eq(True).any():
+            clean = False  # every speed-up of this sweep is against a disturbed baseline
+        measured = table[(table["status"] == "FINISHED") & ~table["reused"].astype(bool) & clean]
         values = measured.drop_duplicates("variant").set_index("variant")[metric]
         out[label] = [float(values.get(v, math.nan)) for v in variants]
     samples = out[sweeps] if sweeps else pd.DataFrame(index=out.index)

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from yolomlu.tasks import common
+from yolomlu.tasks import common, errors
 from yolomlu.tracking import child_runs, start_run
 from yolomlu.tracking.query import BOOKKEEPING_OVERRIDES
 
@@ -39,14 +39,29 @@ def sweep_key() -> str | None:
     return os.environ.get(SWEEP_KEY_ENV) or None
 
 
-def sweep_identity(preset: str, overrides: list[str], env: dict[str, str]) -> str:
+def sweep_identity(preset: str, overrides: list[str], env: dict[str, str], config: DictConfig | None = None) -> str:
     """A short hash of what a sweep is: its preset, its command-line overrides that change what is
-    measured (bookkeeping ones such as ``sweep.rerun=true`` aside), and the code, host and torch
-    that measure it. A sweep may reuse a finished job only from a sweep with the same identity: an
-    interrupted or repeated run of itself."""
+    measured (bookkeeping ones such as ``sweep.rerun=true`` aside), what its preset file sets (the
+    sweep-level config and the swept values: an edited preset is another sweep), and the code, host
+    and torch that measure it. A sweep may reuse a finished job only from a sweep with the same
+    identity: an interrupted or repeated run of itself."""
     measured = sorted(o for o in overrides if not o.lstrip("+~").startswith(BOOKKEEPING_OVERRIDES))
-    text = json.dumps([preset, measured, env["code_hash"], env["host"], env["torch"]])
+    content = _sweep_content(config) if config is not None else None
+    text = json.dumps([preset, measured, content, env["code_hash"], env["host"], env["torch"]], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _sweep_content(config: DictConfig) -> dict:
+    """The sweep-level config without Hydra's own node and the bookkeeping groups, plus the values
+    the sweeper will go through."""
+    from omegaconf import OmegaConf
+
+    skip = ("hydra", "tracking", "paths", "sweep", "report")
+    body = {key: OmegaConf.to_container(config[key], resolve=True) if OmegaConf.is_config(config[key]) else config[key]
+            for key in config if key not in skip}  # fmt: skip
+    params = config.hydra.sweeper.get("params") if "hydra" in config else None
+    body["swept"] = OmegaConf.to_container(params, resolve=True) if params is not None else None
+    return body
 
 
 class JobTimeout(TimeoutError):
@@ -87,7 +102,12 @@ def run_job(cfg: DictConfig) -> Any:
             return run_task(cfg)
     except Exception as exc:
         if parent_run_id() is None:
-            raise
+            message = errors.describe(exc)
+            if message is None or errors.verbose():
+                raise
+            # One line, and out before Hydra adds its own report of a failed job.
+            sys.stderr.write(f"yolomlu: {message}\n")
+            raise SystemExit(errors.exit_status(exc)) from None
         print(f"[yolomlu] job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -106,7 +126,7 @@ class SweepTracking(Callback):
         preset = choices.get("experiments/sweep") or choices.get("experiments") or "adhoc"
         overrides = list(config.hydra.overrides.task)
         env = common.environment_tags()
-        key = sweep_identity(preset, overrides, env)
+        key = sweep_identity(preset, overrides, env, config)
         self._parent = start_run(
             self._settings,
             f"sweep-{preset}-{time.strftime('%Y%m%d-%H%M%S')}",
