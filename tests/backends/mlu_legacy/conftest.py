@@ -8,6 +8,7 @@ The worker runs as a real subprocess (our Python, torch 2.x) with ``PYTHONPATH``
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def tiny_model():
 def standin(tmp_path, monkeypatch):
     """Route the worker's ``import torch_mlu`` to the recording stand-in; returns the record file."""
     record = tmp_path / "calls.jsonl"
-    monkeypatch.setenv("PYTHONPATH", str(STANDIN))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(STANDIN), os.environ.get("PYTHONPATH")) if p))
     monkeypatch.setenv("YOLOMLU_STANDIN_RECORD", str(record))
     monkeypatch.delenv("YOLOMLU_STANDIN_FAIL", raising=False)
     return record

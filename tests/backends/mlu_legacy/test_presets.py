@@ -91,7 +91,7 @@ def test_every_mlu_command_runs_as_written_from_a_fresh_folder(preset: str, run_
     from an empty folder with the default relative paths: it finishes, and says what it is."""
     import sys
 
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent / "standin"))
+    _standin_on_path(monkeypatch)
     args = [a if not a.startswith("backend.python=") else f"backend.python={sys.executable}" for a in _header_command(preset)]
     run_cli(*args, *SMALL)
     run = read_runs(tmp_path / "mlflow.db").iloc[0]
@@ -109,7 +109,7 @@ def test_every_mlu_command_runs_as_written_from_a_fresh_folder(preset: str, run_
 def test_a_job_failing_late_keeps_what_its_earlier_stages_measured(run_cli, read_runs, tmp_path: Path, monkeypatch) -> None:
     import sys
 
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent / "standin"))
+    _standin_on_path(monkeypatch)
     # The legacy SDK writes no per-layer table: asking for one fails the timing stage, the last one.
     proc = run_cli("experiments=mlu_fused", f"backend.python={sys.executable}", *SMALL, "bench.profile=true", check=False)
     assert proc.returncode != 0
@@ -117,3 +117,11 @@ def test_a_job_failing_late_keeps_what_its_earlier_stages_measured(run_cli, read
     assert run["status"] == "FAILED" and "no per-layer profile" in run["tags.error"]
     assert run["metrics.params"] > 0 and not math.isnan(run["metrics.parity_box_agreement"])  # logged as each stage ended
     assert run["tags.quant.source"] == "calibrated by the backend"
+
+
+def _standin_on_path(monkeypatch) -> None:
+    """The stand-in first on PYTHONPATH, what was there after it (the yolomlu under test, for one)."""
+    import os
+
+    standin = str(Path(__file__).resolve().parent / "standin")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (standin, os.environ.get("PYTHONPATH")) if p))
