@@ -26,12 +26,12 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q --upgrade pip
 	@echo "[setup] installing $(TORCH_SPEC)$(if $(TORCH_INDEX), from $(TORCH_INDEX)) (the CPU build: a minute or two)"
 	@$(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
-	@echo "[setup] installing yolomlu (editable) with MLflow, Hydra, pycocotools, ONNX Runtime and the test tools (a few minutes)"
-	@$(PY) -m pip install -q -e ".[dev,onnx]"
+	@echo "[setup] installing yolomlu (editable) with MLflow, Hydra, pycocotools, ONNX Runtime, OpenVINO + NNCF and the test tools (a few minutes)"
+	@$(PY) -m pip install -q -e ".[dev,onnx,openvino]"
 	@touch $(STAMP)
 	@echo "[setup] done: use $(VENV)/bin/yolomlu, or 'source $(VENV)/bin/activate' for python -m yolomlu"
 
-setup: $(STAMP) ## create .venv and install yolomlu (editable) with its dev tools and ONNX Runtime
+setup: $(STAMP) ## create .venv and install yolomlu (editable) with its dev tools, ONNX Runtime and OpenVINO
 
 run: $(STAMP) ## the main job: the study's CPU variants on the demo model, one at a time, then the report
 	$(PY) -m yolomlu experiments/sweep=study_cpu $(ARGS)

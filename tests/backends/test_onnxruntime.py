@@ -13,6 +13,7 @@ from torch import nn
 from yolomlu.backends import BackendError, runner_class
 from yolomlu.backends.onnxruntime_runner import OrtRunner
 from yolomlu.backends.ort_quant import OrtQuantSettings
+from yolomlu.quant import QuantSettings
 from yolomlu.data.coco import read_image
 from yolomlu.data.letterbox import letterbox
 from yolomlu.data.preprocess import to_tensor_batch
@@ -24,7 +25,15 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 IMG = 64
-INT8 = {"name": "int8", "dtype": "int8", "scheme": "onnxruntime", "per_channel": False, "mixed_layer": [], "calib": {"images": 4, "batch_size": 2}}
+INT8 = {
+    "name": "int8", "enabled": True, "dtype": "int8", "scheme": "onnxruntime", "firstconv": False, "per_channel": False,
+    "mixed_layer": [], "iteration": 4, "calib": {"images": 4, "batch_size": 2},
+}  # fmt: skip
+
+
+def _settings(**quant) -> QuantSettings:
+    """The job's typed quant settings, from the plain group (as conf/quant/int8.yaml composes it)."""
+    return QuantSettings.from_mapping({**INT8, **quant})
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +98,8 @@ def test_profile_maps_ort_ops_to_the_study_taxonomy(model, images, work_dir) -> 
 
 def _int8(model, work_dir, images, **quant) -> tuple[OrtRunner, list[torch.Tensor], dict]:
     calibration = [images[0:2], images[2:4]]
-    runner = OrtRunner(model, threads=1, work_dir=work_dir, img_size=IMG, quant={**INT8, **quant}, calibration=calibration)
+    runner = OrtRunner(model, threads=1, work_dir=work_dir, img_size=IMG, quant_format=quant.pop("quant_format", "qdq"))
+    runner.set_quantization(_settings(**quant), calibration)
     with runner:
         outputs = runner.infer(images[4:6])
         evidence = runner.evidence()
@@ -118,6 +128,15 @@ def test_int8_is_smaller_quantizes_every_conv_and_stays_close(model, images, ref
     for ref, out in zip(reference, outputs):
         err = float((out - ref[4:6]).abs().max())
         assert 0 < err < 0.05 * float(ref.abs().max())  # really quantized, and still the same model
+    assert runner.quantized_layers() == 62
+
+
+def test_symmetric_activations_and_the_qoperator_format(model, images, work_dir) -> None:
+    runner, _, evidence = _int8(model, work_dir, images, activations="symmetric", quant_format="qoperator")
+    assert evidence["backend.quant.activations"] == "symmetric" and evidence["backend.quant.format"] == "qoperator"
+    assert evidence["backend.compute_dtype"] == "int8 (qoperator: int8 activations, int8 weights)"
+    types = {n.op_type for n in onnx.load(str(runner.artifact), load_external_data=False).graph.node}
+    assert "QLinearConv" in types and runner.quantized_layers() == 62
 
 
 def test_per_channel_gives_one_weight_scale_per_output_channel(model, images, work_dir) -> None:
@@ -158,40 +177,33 @@ def test_iteration_feeds_only_the_first_batches(model, images, work_dir) -> None
         ({"scheme": "mlu370"}, r"quant.scheme='mlu370' is a Cambricon"),
         ({"firstconv": True}, r"quant.firstconv=True cannot be honoured"),
         ({"data_scale": 0.9}, r"quant.data_scale=0.9 cannot be honoured"),
-        ({"calib": {"method": "kl"}}, r"quant.calib.method='kl' is not supported; choose one of \['entropy', 'minmax', 'percentile'\]"),
-        ({"use_avg": True, "calib": {"method": "entropy"}}, r"use_avg=true needs quant.calib.method=minmax"),
-        ({"observer": "hist"}, r"quant keys \['observer'\] are not known to the onnxruntime backend"),
-        ({"iteration": 0}, r"quant.iteration=0 must be a positive integer"),
+        ({"use_avg": True, "calib": {"images": 4, "batch_size": 2, "method": "entropy"}}, r"use_avg=true needs quant.calib.method=minmax"),
         ({"params_file": "yolov5x_int8.pth"}, r"quant.params_file='yolov5x_int8.pth' cannot be honoured"),
         ({"fallback_topk": 3}, r"quant.fallback_topk=3 cannot be honoured"),
-        ({"mixed_layer": {"model.24.m.0": "float16"}}, r"quant.mixed_layer=.* must be a list of layer names or patterns"),
+        ({"float_dtype": "float16"}, r"quant.float_dtype='float16': ONNX Runtime computes what is not int8 in float32"),
     ],
 )
-def test_settings_ort_cannot_honour_are_refused_at_construction(model, work_dir, quant, message) -> None:
+def test_settings_ort_cannot_honour_are_refused_by_name(model, work_dir, quant, message) -> None:
+    runner = OrtRunner(model, work_dir=work_dir, img_size=IMG)
     with pytest.raises(BackendError, match=message):
-        OrtRunner(model, work_dir=work_dir, img_size=IMG, quant={**INT8, **quant})
+        runner.set_quantization(_settings(**quant), [torch.rand(1, 3, IMG, IMG)])
 
 
 @pytest.mark.parametrize("preset", ["int8", "int8_per_channel", "int8_mixed"])
 def test_the_jobs_quant_presets_drive_it_with_the_onnxruntime_scheme(compose_cfg, preset) -> None:
     from omegaconf import OmegaConf
 
-    def plain(*overrides: str) -> dict:
-        return OmegaConf.to_container(compose_cfg([f"quant={preset}", *overrides]).quant, resolve=True)
+    def typed(*overrides: str) -> QuantSettings:
+        return QuantSettings.from_mapping(OmegaConf.to_container(compose_cfg([f"quant={preset}", *overrides]).quant, resolve=True))
 
-    settings = OrtQuantSettings.from_config(plain("quant.scheme=onnxruntime"))
+    settings = OrtQuantSettings.from_settings(typed("quant.scheme=onnxruntime"))
     assert settings.per_channel == (preset == "int8_per_channel")
     assert settings.mixed_layer == (("detect",) if preset == "int8_mixed" else ())
-    assert settings.calibrate_method == "MinMax" and settings.iteration == 1
+    assert settings.calibrate_method == "MinMax" and settings.iteration == 1 and settings.activations == "asymmetric"
     with pytest.raises(BackendError, match=r"quant.scheme='mlu270' is a Cambricon MLU quantization scheme"):
-        OrtQuantSettings.from_config(plain())  # the MLU's scheme, as the preset leaves it
+        OrtQuantSettings.from_settings(typed())  # the MLU's scheme, as the preset leaves it
     with pytest.raises(BackendError, match=r"quant.dtype='int16' is not supported"):
-        OrtQuantSettings.from_config(plain("quant.scheme=onnxruntime", "quant.dtype=int16"))
-
-
-def test_no_quantization_when_the_stage_is_off() -> None:
-    assert OrtQuantSettings.from_config(None) is None
-    assert OrtQuantSettings.from_config({"name": "none", "enabled": False, "scheme": "mlu270", "firstconv": True}) is None
+        OrtQuantSettings.from_settings(typed("quant.scheme=onnxruntime", "quant.dtype=int16"))
 
 
 @pytest.mark.parametrize(
@@ -209,10 +221,13 @@ def test_backend_settings_are_refused_by_name(model, work_dir, kwargs, message) 
 
 
 def test_int8_without_calibration_or_with_the_wrong_size_is_refused(model, images, work_dir) -> None:
+    runner = OrtRunner(model, work_dir=work_dir, img_size=IMG)
+    runner.set_quantization(_settings(), [])
     with pytest.raises(BackendError, match=r"needs calibration batches"):
-        OrtRunner(model, work_dir=work_dir, img_size=IMG, quant=INT8).activate()
+        runner.activate()
+    runner.set_quantization(_settings(), [torch.rand(1, 3, 32, 32)])
     with pytest.raises(BackendError, match=r"calibration batch \(1, 3, 32, 32\) does not match the model input \[B, 3, 64, 64\]"):
-        OrtRunner(model, work_dir=work_dir, img_size=IMG, quant=INT8, calibration=[torch.rand(1, 3, 32, 32)]).activate()
+        runner.activate()
 
 
 def test_missing_onnxruntime_names_the_package_and_what_is_installed(model, work_dir, monkeypatch) -> None:

@@ -29,7 +29,7 @@ def test_defaults_are_cambricons() -> None:
         ({"use_avg": "yes"}, r"use_avg='yes' must be true or false"),
         ({"data_scale": 0}, r"data_scale=0 must be a positive finite number"),
         ({"dtype": "int4"}, r"dtype='int4' is not valid; choose one of \['int8', 'int16'\]"),
-        ({"scheme": "mlu220"}, r"scheme='mlu220' is not valid; choose one of \['mlu270', 'mlu370', 'onnxruntime'\]"),
+        ({"scheme": "mlu220"}, r"scheme='mlu220' is not valid; choose one of \['mlu270', 'mlu370', 'onnxruntime', 'openvino'\]"),
         ({"mean": [0.5, 0.5]}, r"mean=\[0.5, 0.5\] must be a list of 1 or 3 or 4 numbers in \[0, 1\]"),
         ({"mean": [0, 0, 128]}, r"mean=\[0, 0, 128\] must be a list .*\(fractions of 255"),
         ({"std": [1, 0, 1]}, r"std=\[1, 0, 1\] must be a list .* in \(0, 1\]"),

@@ -15,6 +15,7 @@ _REGISTRY = {
     "torch": "yolomlu.backends.torch_runner:TorchRunner",
     "mlu_legacy": "yolomlu.backends.mlu_legacy.runner:MluLegacyRunner",
     "onnxruntime": "yolomlu.backends.onnxruntime_runner:OrtRunner",
+    "openvino": "yolomlu.backends.openvino_runner:OpenVinoRunner",
 }
 
 

@@ -33,6 +33,9 @@ class Runner(abc.ABC):
     # True where the backend quantizes the float model by itself from the job's quant config (then
     # the job hands it calibration batches instead of emulating int8 in torch).
     quantizes_itself: ClassVar[bool] = False
+    # The quant.scheme values a job may use with this backend: its own quantizer's, or the MLU's
+    # emulated before the model reaches it (the torch backend).
+    quant_schemes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self.is_active = False
@@ -41,10 +44,21 @@ class Runner(abc.ABC):
         # Seconds the device spent on the last batch, input on the device to outputs on the
         # device (no host copies), where the backend can time its device (CUDA events); else None.
         self.last_device_seconds: float | None = None
+        # The file the backend runs from (an offline model, an .onnx, an IR), once activated: the job
+        # logs it as the run's offline model and takes its size as model_mb.
+        self.artifact = None
 
-    def set_calibration(self, batches) -> None:
-        """Preprocessed images (float32 [b, 3, H, W] in 0..1) for a backend that quantizes itself."""
+    def set_quantization(self, settings, calibration) -> None:
+        """Before :meth:`activate`, for a backend that quantizes by itself (``quantizes_itself``): the
+        job's typed quant settings (``yolomlu.quant.QuantSettings``) and calibration batches
+        (float32 [b, 3, H, W] in 0..1). The backend checks every setting now and refuses, by name, what
+        it cannot honour; it quantizes while activating."""
         raise BackendError(f"the {self.name} backend does not quantize by itself")
+
+    def quantized_layers(self) -> int | None:
+        """How many layers run quantized in what this (active) runner runs; None where it did not
+        quantize (an emulated model's count is the quant stage's)."""
+        return None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def activate(self) -> "Runner":

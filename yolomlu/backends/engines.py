@@ -19,15 +19,16 @@ import torch
 
 from yolomlu.backends.base import BackendError
 
-KINDS = ("onnx", "torchscript", "export", "module")
+KINDS = ("onnx", "openvino", "torchscript", "export", "module")
 
 
 @dataclass(frozen=True)
 class EngineSpec:
     """One engine to time alone.
 
-    kind: "onnx" (ONNX Runtime, CPU), "torchscript" (``torch.jit.load``), "export" (a
-    ``torch.export`` ``.pt2``) or "module" (``module`` as it is, eager, or ``compiler`` "trace" /
+    kind: "onnx" (ONNX Runtime, CPU), "openvino" (an IR or ONNX file compiled by OpenVINO for the CPU,
+    ``dtype`` its inference precision: f32, bf16 or auto), "torchscript" (``torch.jit.load``), "export"
+    (a ``torch.export`` ``.pt2``) or "module" (``module`` as it is, eager, or ``compiler`` "trace" /
     "compile" applied first, as the torch runner's fused mode does).
     threads: intra-op threads (None: the engine's default). device: "cpu" or "cuda" (torch kinds).
     dtype: the torch kinds' input dtype ("float32", "bfloat16", "float16"). graph_optimization:
@@ -44,6 +45,7 @@ class EngineSpec:
     compiler: str | None = None
     img_size: int = 640  # side of the example input a trace or compile specialises to
     graph_optimization: str = "all"
+    hint: str = "latency"  # openvino: PERFORMANCE_HINT
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -52,19 +54,24 @@ class EngineSpec:
             raise BackendError(f"an engine of kind {self.kind!r} needs {'a module' if self.kind == 'module' else 'a file'}")
 
     def describe(self) -> str:
-        what = {"onnx": "ONNX Runtime", "torchscript": "TorchScript", "export": "torch.export", "module": "torch eager"}[self.kind]
+        what = {"onnx": "ONNX Runtime", "openvino": "OpenVINO", "torchscript": "TorchScript", "export": "torch.export",
+                "module": "torch eager"}[self.kind]  # fmt: skip
         if self.kind == "module" and self.compiler:
             what = {"trace": "torch.jit.trace+freeze", "compile": "torch.compile"}.get(self.compiler, what)
         source = self.path.name if self.path is not None else type(self.module).__name__
         threads = f"threads {self.threads or 'default'}"
         if self.kind == "onnx":  # the file says its precision (fp32 or QDQ int8)
             return f"{what} ({source}, {threads})"
+        if self.kind == "openvino":
+            return f"{what} ({source}, precision {self.dtype}, {self.hint}, {threads})"
         return f"{what} ({source}, {self.dtype}, {self.device}, {threads})"
 
     def open(self) -> Callable[[torch.Tensor], Any]:
         """Load the engine; return ``run(batch) -> outputs`` (device work finished on return)."""
         if self.kind == "onnx":
             return _open_onnx(self)
+        if self.kind == "openvino":
+            return _open_openvino(self)
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         device = torch.device(self.device)
@@ -114,6 +121,23 @@ def _open_onnx(spec: EngineSpec) -> Callable[[torch.Tensor], Any]:
     return run
 
 
+def _open_openvino(spec: EngineSpec) -> Callable[[torch.Tensor], Any]:
+    from yolomlu.backends.openvino_runner import HINTS, PRECISIONS, import_openvino
+
+    ov = import_openvino()
+    config: dict[str, Any] = {"PERFORMANCE_HINT": HINTS[spec.hint]}
+    if PRECISIONS.get(spec.dtype) is not None:
+        config["INFERENCE_PRECISION_HINT"] = PRECISIONS[spec.dtype]
+    if spec.threads is not None:
+        config["INFERENCE_NUM_THREADS"] = spec.threads
+    request = ov.Core().compile_model(str(spec.path), "CPU", config).create_infer_request()
+
+    def run(batch: torch.Tensor) -> Any:
+        return request.infer({0: batch.numpy()})
+
+    return run
+
+
 def spec_for_file(path: str | Path, threads: int | None = None, device: str = "cpu") -> EngineSpec:
     """The engine a file holds, judged by its contents: an ONNX model, a TorchScript archive, or a
     ``torch.export`` package. Anything else is refused, naming the file and what would do."""
@@ -122,6 +146,8 @@ def spec_for_file(path: str | Path, threads: int | None = None, device: str = "c
         raise FileNotFoundError(f"source={str(path)!r} is not a file (expected a .onnx, TorchScript .pt or torch.export .pt2 file)")
     if path.suffix == ".onnx":
         return EngineSpec("onnx", path=path, threads=threads)
+    if path.suffix == ".xml":  # an OpenVINO IR (its weights in the .bin beside it)
+        return EngineSpec("openvino", path=path, threads=threads, dtype="auto")
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -130,7 +156,7 @@ def spec_for_file(path: str | Path, threads: int | None = None, device: str = "c
         if any(n.endswith(("/models/model.json", "/serialized_exported_program.json")) or "/models/" in n for n in names):
             return EngineSpec("export", path=path, threads=threads, device=device)
     raise ValueError(
-        f"source={str(path)!r} holds no engine this task can open: expected an ONNX file (.onnx), a TorchScript "
+        f"source={str(path)!r} holds no engine this task can open: expected an ONNX file (.onnx), an OpenVINO IR (.xml), a TorchScript "
         "archive (torch.jit.save) or a torch.export package (.pt2); a checkpoint of weights is timed with "
         "source=null and model.weights=<file>"
     )

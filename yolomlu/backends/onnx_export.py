@@ -192,7 +192,10 @@ def check_onnx(path: str | Path, require_fp32_head: bool = False) -> OnnxModelIn
     for output in graph.output:
         node = producer.get(output.name)
         if node is not None and node.op_type == "DequantizeLinear" and not require_fp32_head:
-            node = producer.get(producer[node.input[0]].input[0]) if node.input[0] in producer else None
+            # QDQ: Conv -> QuantizeLinear -> DequantizeLinear; QOperator: QLinearConv -> DequantizeLinear.
+            node = producer.get(node.input[0])
+            if node is not None and node.op_type == "QuantizeLinear":
+                node = producer.get(node.input[0])
         if node is None or node.op_type not in ("Conv", "QLinearConv"):
             found = "a graph input or initializer" if node is None else f"{node.op_type} node {node.name!r}"
             raise BackendError(f"{path.name}: output {output.name!r} comes from {found}, not a Detect convolution")

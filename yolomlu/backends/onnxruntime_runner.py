@@ -7,7 +7,10 @@ int8, run by an ONNX Runtime CPU session.
 |                       | disabled / basic (constant folding, redundant nodes) / extended         |
 |                       | (op fusions, QDQ -> QLinearConv) / layout (+ NCHWc layouts) / all       |
 | threads               | intra-op threads (null = ORT's default, one per physical core)          |
-| quant                 | the job's quant config: int8 through static quantization (ort_quant.py) |
+| quant_format          | how int8 is written: qdq (default) or qoperator (ort_quant.py)          |
+
+int8: :meth:`OrtRunner.set_quantization` hands over the job's typed quant settings and calibration
+batches (static quantization, ``ort_quant.py``).
 
 The export and the int8 file are cached in ``work_dir``, keyed by what produced them.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,7 +31,7 @@ from torch import nn
 from yolomlu.backends.base import BackendError, Runner
 from yolomlu.backends.engines import EngineSpec
 from yolomlu.backends.onnx_export import DEFAULT_OPSET, MIN_OPSET, OnnxModelInfo, cached_export, check_onnx
-from yolomlu.backends.ort_quant import OrtQuantSettings, QuantResult, quantize_int8, resolve_float_layers
+from yolomlu.backends.ort_quant import FORMATS, OrtQuantSettings, QuantResult, quantize_int8, resolve_float_layers
 from yolomlu.backends.taxonomy import build_profile
 from yolomlu.types import LayerProfile
 
@@ -75,10 +78,7 @@ class OrtRunner(Runner):
         opset: ONNX opset of the export (13 or newer).
         work_dir: where the .onnx files are written (a cache keyed by what produced each file).
         img_size: side of the (square) network input; the file has a fixed spatial size.
-        quant: the job's quant config as plain containers (see ``ort_quant``, which checks every
-            key here, at construction); None or ``enabled: false`` runs fp32.
-        calibration: preprocessed batches, float32 [B, 3, img_size, img_size] in 0..1, for int8;
-            may be given at construction or assigned to ``runner.calibration`` before activate.
+        quant_format: "qdq" or "qoperator", how an int8 model is written (when the job quantizes).
         onnx_file: run this ONNX file as it is (no export, no quantization; ``model`` is then
             unused): how a timing process reopens the file the job's runner made.
     """
@@ -86,6 +86,7 @@ class OrtRunner(Runner):
     name = "onnxruntime"
     # Quantizes by itself from the job's quant config (no torch-side emulation before export).
     quantizes_itself: ClassVar[bool] = True
+    quant_schemes = ("onnxruntime",)
 
     def __init__(
         self,
@@ -96,8 +97,7 @@ class OrtRunner(Runner):
         opset: int = DEFAULT_OPSET,
         work_dir: str | Path | None = None,
         img_size: int = 640,
-        quant: Mapping[str, Any] | None = None,
-        calibration: Sequence[torch.Tensor] | None = None,
+        quant_format: str = "qdq",
         onnx_file: str | Path | None = None,
     ) -> None:
         super().__init__()
@@ -123,11 +123,12 @@ class OrtRunner(Runner):
         self.opset = opset
         self.work_dir = Path(work_dir)
         self.img_size = img_size
-        self.quant_settings = OrtQuantSettings.from_config(quant)  # checks every key now, cheaply
-        self.calibration = calibration
+        if quant_format not in FORMATS:
+            raise BackendError(f"backend.quant_format={quant_format!r} is not valid; choose one of {list(FORMATS)}")
+        self.quant_format = quant_format
+        self.quant_settings: OrtQuantSettings | None = None  # set by set_quantization
+        self.calibration: list[torch.Tensor] | None = None
         self.onnx_file = Path(onnx_file) if onnx_file is not None else None
-        if self.onnx_file is not None and self.quant_settings is not None:
-            raise BackendError("backend.onnx_file runs a file as it is: it cannot be quantized again (quant=none)")
         self.artifact: Path | None = None  # the .onnx file that runs (the int8 one when quantized)
         self.export: OnnxModelInfo | None = None
         self.quant: QuantResult | None = None
@@ -136,8 +137,13 @@ class OrtRunner(Runner):
         self._output_names: list[str] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def set_calibration(self, batches: Sequence[torch.Tensor]) -> None:
-        self.calibration = list(batches)
+    def set_quantization(self, settings, calibration: Sequence[torch.Tensor]) -> None:
+        """The job's typed quant settings and calibration batches; refuses, by name, what ORT cannot
+        honour (see ``ort_quant``)."""
+        if self.onnx_file is not None:
+            raise BackendError("backend.onnx_file runs a file as it is: it cannot be quantized again (quant=none)")
+        self.quant_settings = OrtQuantSettings.from_settings(settings, self.quant_format)
+        self.calibration = list(calibration)
 
     def _activate_impl(self) -> None:
         self._ort = import_onnxruntime()
@@ -238,12 +244,18 @@ class OrtRunner(Runner):
     def threads_in_use(self) -> int:
         return self.threads or os.cpu_count() or 1  # ORT's default: one per core
 
+    def quantized_layers(self) -> int | None:
+        return self.quant.quantized_nodes if self.quant is not None else None
+
     def evidence(self) -> dict[str, Any]:
         facts: dict[str, Any] = {
             "backend.graph": "onnx (torch.onnx TorchScript exporter)" if self.onnx_file is None else f"onnx file {self.onnx_file.name}",
             "backend.graph_optimization": self.graph_optimization,
             "backend.threads_used": self.threads if self.threads is not None else "ort default (physical cores)",
-            "backend.compute_dtype": "float32" if self.quant is None else "int8 (QDQ: uint8 activations, int8 weights)",
+            "backend.compute_dtype": "float32" if self.quant is None else (
+                f"int8 ({self.quant.settings.quant_format}: "
+                f"{'uint8' if self.quant.settings.activations == 'asymmetric' else 'int8'} activations, int8 weights)"
+            ),
         }
         if self._ort is not None:
             facts["backend.onnxruntime_version"] = self._ort.__version__
@@ -261,6 +273,8 @@ class OrtRunner(Runner):
                     "backend.quantized_nodes": q.quantized_nodes,
                     "backend.conv_nodes": q.conv_nodes,
                     "backend.quant.per_channel": q.settings.per_channel,
+                    "backend.quant.activations": q.settings.activations,
+                    "backend.quant.format": q.settings.quant_format,
                     "backend.quant.calibrate_method": q.settings.calibrate_method,
                     "backend.quant.calib_images_used": q.calib_images,
                     "backend.quant.calib_batches_used": q.calib_batches,

@@ -1,31 +1,29 @@
-"""Static int8 quantization of an exported ONNX model with ONNX Runtime, driven by the job's quant config.
+"""Static int8 quantization of an exported ONNX model with ONNX Runtime, driven by the job's typed quant
+settings (``yolomlu.quant.QuantSettings``, handed over through ``Runner.set_quantization``).
 
-This is the real int8 path on a CPU: ``onnxruntime.quantization.quantize_static`` in QDQ format with
-uint8 activations and int8 weights (``activation_type=QUInt8, weight_type=QInt8``; int8 activations
-run slower than fp32 on x86, REFERENCE §4), calibrated on real preprocessed images. ONNX Runtime fuses
+This is the real int8 path on a CPU: ``onnxruntime.quantization.quantize_static``, calibrated on real
+preprocessed images, in QDQ format (default) or as QOperator nodes, with uint8 activations and int8
+weights by default (``activation_type=QUInt8, weight_type=QInt8``; REFERENCE §4). ONNX Runtime fuses
 each DequantizeLinear→Conv→QuantizeLinear group into a QLinearConv when the session optimises the
 graph (level ``extended`` or above).
 
-How the job's ``quant`` group (the Cambricon qconfig keys, issue 4) maps onto ORT:
+How the quant settings map onto ORT:
 
-| key | here |
+| setting | here |
 |---|---|
-| ``name``, ``enabled`` | ``enabled: false`` (``name: none``) -> no quantization; otherwise int8 |
 | ``dtype`` | ``int8`` only; ``int16`` refused |
-| ``scheme`` | must be ``onnxruntime`` (ORT's own asymmetric uint8 / symmetric int8 steps); the MLU schemes ``mlu270`` / ``mlu370`` are refused, ORT cannot reproduce them |
-| ``per_channel`` | weight scales per output channel (``per_channel=True``) |
+| ``scheme`` | must be ``onnxruntime`` (ORT's own steps); the MLU schemes are refused, ORT cannot reproduce them |
+| ``per_channel`` | weight scales per output channel |
+| ``activations`` | ``asymmetric`` (default: uint8 with a zero point) or ``symmetric`` (int8) |
 | ``mixed_layer`` | layers kept in float, as the MLU stage reads them (names, fnmatch patterns, ``detect``): ``nodes_to_exclude`` |
-| ``calib.images``, ``calib.batch_size`` | decide the calibration batches the job builds (see :class:`OrtQuantSettings`) |
+| ``calib.images``, ``calib.batch_size`` | decide the calibration batches the job builds |
 | ``calib.method`` | ``minmax`` (default), ``entropy`` or ``percentile``: ORT's ``CalibrationMethod`` |
-| ``iteration`` | only the first ``iteration`` calibration batches are fed, as on the MLU (null = all) |
+| ``iteration`` | only the first ``iteration`` calibration batches are fed, as on the MLU |
 | ``use_avg`` | MinMax only: running mean of per-batch min/max (ORT's ``CalibMovingAverage``) |
-| ``data_scale`` | must be 1.0 (ORT has no such knob) |
-| ``firstconv`` | must be false: the ONNX model takes the shared 0..1 input; ``mean``/``std`` apply only with it |
-| ``fallback_topk`` | must be 0: the emulation stage picks those layers; pass them as ``mixed_layer`` |
-| ``params_file`` | must be null: a Cambricon quant-params file cannot be loaded into an ONNX graph |
-| ``sensitivity`` | not read here: the torch-side sensitivity analysis is the job's business |
-
-Any other key is refused by name: a setting that would silently do nothing is an error.
+| ``data_scale``, ``firstconv``, ``fallback_topk``, ``params_file`` | must keep their neutral values (ORT has no such knob) |
+| ``float_dtype`` | float32 (what ORT computes the rest in) |
+| ``fold_bn`` | any: the export folds BatchNorm in any case |
+| ``backend.quant_format`` | ``qdq`` (default) or ``qoperator`` (a backend setting: only ORT has it) |
 
 ``mixed_layer`` entries select torch layers exactly as the MLU emulation does
 (:func:`yolomlu.quant.emulate.resolve_layers`: a module name ``model.24.m.0``, an fnmatch pattern
@@ -40,7 +38,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,25 +49,25 @@ import torch
 from yolomlu.backends.base import BackendError
 from yolomlu.backends.onnx_export import OnnxModelInfo, check_onnx, conv_node_names, import_onnx
 
-__all__ = ["CALIBRATE_METHODS", "ORT_SCHEME", "OrtQuantSettings", "QuantResult", "quantize_int8", "resolve_float_layers"]
+__all__ = ["CALIBRATE_METHODS", "FORMATS", "ORT_SCHEME", "OrtQuantSettings", "QuantResult", "quantize_int8", "resolve_float_layers"]
 
 ORT_SCHEME = "onnxruntime"
 CALIBRATE_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-# Keys that must hold these values, because ORT has nothing that would honour another value.
-_NEUTRAL = {"data_scale": 1.0, "firstconv": False, "fallback_topk": 0, "params_file": None, "float_dtype": "float32"}
-# Keys read or checked here; anything else in the quant config is refused.
-# fold_bn: the ONNX export folds BatchNorm into the convs in any case (torch.onnx in eval mode).
-_KNOWN = {"name", "enabled", "dtype", "scheme", "per_channel", "mixed_layer", "calib", "iteration", "use_avg", "mean", "std",
-          "sensitivity", "fold_bn", *_NEUTRAL}  # fmt: skip
-_CALIB_KNOWN = {"images", "batch_size", "method"}
+FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}
+# Settings ORT has no counterpart for, and the value they must keep (nothing would honour another).
+_NEUTRAL = {"data_scale": 1.0, "firstconv": False, "fallback_topk": 0, "params_file": None}
 
 
 @dataclass(frozen=True)
 class OrtQuantSettings:
-    """The quant config, checked, as ONNX Runtime uses it.
+    """The job's typed quant settings (``yolomlu.quant.QuantSettings``), checked, as ONNX Runtime
+    uses them.
 
-    calib_images, calib_batch_size: how many preprocessed images the job should hand the runner, in
-    batches of how many (the runner takes the batches as given and feeds the first ``iteration``).
+    calib_images, calib_batch_size: how many preprocessed images the job hands the runner, in
+    batches of how many (the runner feeds the first ``iteration`` batches). activations:
+    "asymmetric" (uint8 with a zero point, ORT's recommended form on x86) or "symmetric" (int8).
+    quant_format: "qdq" (Quantize/DequantizeLinear pairs around float ops, fused into QLinear kernels
+    when the session optimises) or "qoperator" (QLinearConv & co written into the graph).
     """
 
     per_channel: bool = False
@@ -79,63 +77,44 @@ class OrtQuantSettings:
     use_avg: bool = False
     calib_images: int | None = None
     calib_batch_size: int | None = None
+    activations: str = "asymmetric"
+    quant_format: str = "qdq"
 
     @classmethod
-    def from_config(cls, quant: Mapping[str, Any] | None) -> "OrtQuantSettings | None":
-        """``quant`` (the plain quant config) -> settings, or None when it asks for no quantization.
-        Raises BackendError naming any key whose value ORT cannot honour."""
-        if not quant or not quant.get("enabled", quant.get("name", "none") != "none"):
-            return None
-        unknown = sorted(set(quant) - _KNOWN)
-        if unknown:
-            raise BackendError(f"quant keys {unknown} are not known to the onnxruntime backend; it reads {sorted(_KNOWN)}")
-        dtype = quant.get("dtype", "int8")
-        if dtype != "int8":
+    def from_settings(cls, settings, quant_format: str = "qdq") -> "OrtQuantSettings":
+        """Typed quant settings -> ORT's. Raises BackendError naming any setting ORT cannot honour."""
+        qc = settings.qconfig
+        if qc.scheme != ORT_SCHEME:
             raise BackendError(
-                f"quant.dtype={dtype!r} is not supported by the onnxruntime backend: its static quantization runs "
-                "uint8 activations with int8 weights only (int16 runs in the MLU emulation: backend=torch)"
+                f"quant.scheme={qc.scheme!r} is a Cambricon MLU quantization scheme, which ONNX Runtime does not implement; "
+                f"set quant.scheme={ORT_SCHEME} to quantize with ORT's own steps, or run the MLU emulation on backend=torch"
             )
-        scheme = quant.get("scheme", ORT_SCHEME)
-        if scheme not in (ORT_SCHEME, None):
+        if qc.dtype != "int8":
             raise BackendError(
-                f"quant.scheme={scheme!r} is a Cambricon MLU quantization scheme, which ONNX Runtime does not implement; "
-                f"set quant.scheme={ORT_SCHEME} to quantize with ORT's own steps (asymmetric uint8 activations, "
-                "symmetric int8 weights), or run the MLU emulation on backend=torch"
+                f"quant.dtype={qc.dtype!r} is not supported by the onnxruntime backend: its static quantization runs "
+                "8-bit activations and int8 weights only (int16 runs in the MLU emulation: backend=torch)"
             )
         for key, neutral in _NEUTRAL.items():
-            value = quant.get(key)
-            if value is not None and value != neutral:
+            value = getattr(qc, key) if hasattr(qc, key) else getattr(settings, key)
+            if value != neutral:
                 raise BackendError(f"quant.{key}={value!r} cannot be honoured by the onnxruntime backend (needs {neutral!r})")
-        calib = dict(quant.get("calib") or {})
-        unknown = sorted(set(calib) - _CALIB_KNOWN)
-        if unknown:
-            raise BackendError(f"quant.calib keys {unknown} are not known to the onnxruntime backend; it reads {sorted(_CALIB_KNOWN)}")
-        method = str(calib.get("method") or "minmax")
-        if method.lower() not in CALIBRATE_METHODS:
-            raise BackendError(f"quant.calib.method={method!r} is not supported; choose one of {sorted(CALIBRATE_METHODS)}")
-        method = CALIBRATE_METHODS[method.lower()]
-        use_avg = bool(quant.get("use_avg") or False)
-        if use_avg and method != "MinMax":
-            raise BackendError(f"quant.use_avg=true needs quant.calib.method=minmax, got {method}")
-        iteration = quant.get("iteration")
-        if iteration is not None and (not isinstance(iteration, int) or iteration < 1):
-            raise BackendError(f"quant.iteration={iteration!r} must be a positive integer or null")
-        for key in ("images", "batch_size"):
-            value = calib.get(key)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise BackendError(f"quant.calib.{key}={value!r} must be a positive integer")
-        mixed = quant.get("mixed_layer") or ()
-        names = tuple(mixed) if isinstance(mixed, Sequence) and not isinstance(mixed, str) else None
-        if names is None or not all(isinstance(n, str) and n for n in names):
-            raise BackendError(f"quant.mixed_layer={mixed!r} must be a list of layer names or patterns (e.g. [detect])")
+        if settings.target_float_dtype != "float32":
+            raise BackendError(f"quant.float_dtype={settings.float_dtype!r}: ONNX Runtime computes what is not int8 in float32")
+        if quant_format not in FORMATS:
+            raise BackendError(f"backend.quant_format={quant_format!r} is not valid; choose one of {list(FORMATS)}")
+        method = CALIBRATE_METHODS[settings.calib_method]
+        if qc.use_avg and method != "MinMax":
+            raise BackendError(f"quant.use_avg=true needs quant.calib.method=minmax, got {settings.calib_method}")
         return cls(
-            per_channel=bool(quant.get("per_channel") or False),
+            per_channel=qc.per_channel,
             calibrate_method=method,
-            mixed_layer=names,
-            iteration=iteration,
-            use_avg=use_avg,
-            calib_images=calib.get("images"),
-            calib_batch_size=calib.get("batch_size"),
+            mixed_layer=tuple(qc.mixed_layer),
+            iteration=qc.iteration,
+            use_avg=qc.use_avg,
+            calib_images=settings.calib_images,
+            calib_batch_size=settings.calib_batch_size,
+            activations=settings.target_activations,
+            quant_format=quant_format,
         )
 
 
@@ -258,9 +237,9 @@ def quantize_int8(
                 str(fp32.path),
                 str(partial),
                 reader,
-                quant_format=QuantFormat.QDQ,
+                quant_format=getattr(QuantFormat, FORMATS[settings.quant_format]),
                 per_channel=settings.per_channel,
-                activation_type=QuantType.QUInt8,
+                activation_type=QuantType.QInt8 if settings.activations == "symmetric" else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, settings.calibrate_method),
                 nodes_to_exclude=list(excluded),
@@ -276,12 +255,12 @@ def quantize_int8(
             root.setLevel(level)
             partial.unlink(missing_ok=True)
     info = check_onnx(path)
-    if info.qdq_convs == 0:
+    if info.qdq_convs + info.qlinear_convs == 0:
         raise BackendError(f"static quantization of {fp32.path.name} quantized no convolution (excluded: {list(excluded)})")
     return QuantResult(
         info=info,
-        quantized_nodes=info.qdq_convs,
-        conv_nodes=info.conv_nodes,
+        quantized_nodes=info.qdq_convs + info.qlinear_convs,
+        conv_nodes=info.conv_nodes + info.qlinear_convs,
         excluded_nodes=excluded,
         calib_batches=len(used),
         calib_images=sum(int(b.shape[0]) for b in used),

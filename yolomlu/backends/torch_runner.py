@@ -53,6 +53,7 @@ class TorchRunner(Runner):
     """
 
     name = "torch"
+    quant_schemes = ("mlu270", "mlu370")  # the MLU's quantization, emulated in torch before the runner
 
     def __init__(
         self,

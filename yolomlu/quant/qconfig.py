@@ -24,7 +24,10 @@ DTYPES = ("int8", "int16")
 # mlu270: step = absmax / qmax (Cambricon's scale = qmax / absmax, any real number).
 # mlu370: the step rounded up to a power of two (position-only quantization, see `effective_scale`).
 # mlu270/mlu370: the MLU's steps, emulated here; onnxruntime: ORT's own int8 (backend=onnxruntime only).
-SCHEMES = ("mlu270", "mlu370", "onnxruntime")
+SCHEMES = ("mlu270", "mlu370", "onnxruntime", "openvino")
+MLU_SCHEMES = ("mlu270", "mlu370")
+# How activations are quantized: symmetric around 0 (signed codes) or asymmetric (a zero point, unsigned).
+ACTIVATIONS = ("symmetric", "asymmetric")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 # Precisions of the layers a quantized model keeps in floating point (see QuantSettings.float_dtype).
 FLOAT_DTYPES = ("float16", "float32")
@@ -171,7 +174,7 @@ class QConfig:
 
 
 # Keys of the quant group that are not qconfig keys.
-_JOB_KEYS = ("name", "enabled", "calib", "sensitivity", "fallback_topk", "params_file", "fold_bn", "float_dtype")
+_JOB_KEYS = ("name", "enabled", "calib", "sensitivity", "fallback_topk", "params_file", "fold_bn", "float_dtype", "activations")
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,7 @@ class QuantSettings:
     float_dtype: precision of what stays in floating point (BatchNorm, activations, add, concat, pooling,
         upsampling) and of every layer's output: "float16", "float32", or None for the target's own
         (:attr:`target_float_dtype`).
+    activations: "symmetric", "asymmetric", or None for the target's own (:attr:`target_activations`).
     """
 
     name: str = "none"
@@ -205,8 +209,11 @@ class QuantSettings:
     params_file: str | None = None
     fold_bn: bool = False
     float_dtype: str | None = None
+    activations: str | None = None
 
     def __post_init__(self) -> None:
+        if self.activations is not None:
+            _choose(self.activations, ACTIVATIONS, "quant.activations")
         _bool(self.fold_bn, "quant.fold_bn")
         if self.float_dtype is not None:
             _choose(self.float_dtype, FLOAT_DTYPES, "quant.float_dtype")
@@ -234,10 +241,18 @@ class QuantSettings:
     @property
     def target_float_dtype(self) -> str:
         """``float_dtype``, or the target's own where it is None: float16 on the MLU (its schemes),
-        float32 in ONNX Runtime."""
+        float32 in ONNX Runtime and OpenVINO (whose float precision is the backend's own setting)."""
         if self.float_dtype is not None:
             return self.float_dtype
-        return "float32" if self.qconfig.scheme == "onnxruntime" else "float16"
+        return "float32" if self.qconfig.scheme in ("onnxruntime", "openvino") else "float16"
+
+    @property
+    def target_activations(self) -> str:
+        """``activations``, or the target's own where it is None: symmetric on the MLU (its only
+        mode), asymmetric (uint8 with a zero point) in ONNX Runtime and OpenVINO."""
+        if self.activations is not None:
+            return self.activations
+        return "asymmetric" if self.qconfig.scheme in ("onnxruntime", "openvino") else "symmetric"
 
     @property
     def observed_images(self) -> int:
@@ -270,6 +285,7 @@ class QuantSettings:
             params_file=mapping.get("params_file", defaults.params_file),
             fold_bn=mapping.get("fold_bn", defaults.fold_bn),
             float_dtype=mapping.get("float_dtype", defaults.float_dtype),
+            activations=mapping.get("activations", defaults.activations),
         )
 
 

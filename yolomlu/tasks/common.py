@@ -124,11 +124,12 @@ def bn_unfolded_for_quant(cfg: DictConfig) -> bool:
     """Whether the model reaches an MLU quantization (emulated, or in the MLU worker) with its
     BatchNorm layers unfolded: ``quantize_dynamic_mlu`` swaps the convs of the model as built and
     leaves BatchNorm to run after them, so its weight ranges, scales and quant-params file are those
-    of the unfolded convs. True unless quant is off, is ONNX Runtime's own, or ``quant.fold_bn``."""
+    of the unfolded convs. True for the MLU's schemes unless ``quant.fold_bn``."""
+    from yolomlu.quant.qconfig import MLU_SCHEMES
     from yolomlu.tasks.quant_stage import settings_of
 
     settings = settings_of(cfg)
-    return settings.enabled and settings.qconfig.scheme != "onnxruntime" and not settings.fold_bn
+    return settings.enabled and settings.qconfig.scheme in MLU_SCHEMES and not settings.fold_bn
 
 
 def variant_overrides(cfg: DictConfig) -> str | None:
@@ -358,6 +359,12 @@ def validate_config(cfg: DictConfig) -> None:
     choose(cfg.sweep.reuse, ("sweep", "any"), "sweep.reuse")
     from yolomlu.tasks.quant_stage import settings_of
 
-    settings_of(cfg)  # every quant key and value
+    settings = settings_of(cfg)  # every quant key and value
+    schemes = runner_class(cfg.backend.name).quant_schemes
+    if settings.enabled and settings.qconfig.scheme not in schemes:
+        raise ValueError(
+            f"quant.scheme={settings.qconfig.scheme} cannot run on backend={cfg.backend.name}, which takes "
+            f"{list(schemes) or 'no quantization'}" + (f": set quant.scheme={schemes[0]}" if schemes else "")
+        )
     # Constructing a runner is cheap and checks every backend setting.
     make_runner(cfg, torch.nn.Identity())

@@ -43,7 +43,7 @@ def detect(cfg: DictConfig) -> dict[str, int]:
     unreadable: list[str] = []
     runner = common.make_runner(cfg, quantized.model, **thresholds)
     if quantized.calibration is not None:
-        runner.set_calibration(quantized.calibration)
+        runner.set_quantization(quantized.settings, quantized.calibration)
     with runner:
         for path in files:
             try:

@@ -114,7 +114,7 @@ def _run_job(cfg: DictConfig, run) -> dict[str, float]:
 
     runner = common.make_runner(cfg, quantized.model)
     if quantized.calibration is not None:
-        runner.set_calibration(quantized.calibration)  # before activate: the backend quantizes while activating
+        runner.set_quantization(quantized.settings, quantized.calibration)  # it quantizes while activating
     with runner:
         record(run, _port(runner, quantized.model), metrics)
         if job.reference is not None:
@@ -168,11 +168,12 @@ def _port(runner: Runner, model: torch.nn.Module) -> StageResult:
     # The size of what runs: activating may have cast the weights (half precision) or written a
     # file (an int8 .onnx is smaller than the module).
     result = StageResult(metrics={"model_mb": common.model_mb(model)}, tags=runner.evidence())
-    if getattr(runner, "artifact", None) is not None:
-        result.artifacts.append((runner.artifact, "offline_model"))
-        result.metrics["artifact_mb"] = result.metrics["model_mb"] = runner.artifact.stat().st_size / 2**20
-    if "backend.quantized_nodes" in result.tags:
-        result.metrics["quant_layers"] = float(result.tags["backend.quantized_nodes"])
+    if runner.artifact is not None:
+        files = [runner.artifact, *([runner.artifact.with_suffix(".bin")] if runner.artifact.suffix == ".xml" else [])]
+        result.artifacts += [(f, "offline_model") for f in files]  # an OpenVINO IR is its .xml and .bin
+        result.metrics["artifact_mb"] = result.metrics["model_mb"] = sum(f.stat().st_size for f in files) / 2**20
+    if (layers := runner.quantized_layers()) is not None:
+        result.metrics["quant_layers"] = float(layers)
     return result
 
 

@@ -25,6 +25,7 @@ from yolomlu import quant as q
 from yolomlu.backends import runner_class
 from yolomlu.data.coco import CocoDataset
 from yolomlu.evaluate.pipeline import preprocess
+from yolomlu.quant.qconfig import MLU_SCHEMES
 from yolomlu.tasks.stages import StageResult
 
 BN_UNFOLDED = "unfolded: each BatchNorm runs after its quantized conv, as quantize_dynamic_mlu sees the model"
@@ -78,10 +79,10 @@ def quantize(
     settings = settings_of(cfg)
     if not settings.enabled:
         return Quantized(model), StageResult()
-    bn = {"quant.bn": BN_UNFOLDED if unfolded else BN_FOLDED} if settings.qconfig.scheme != "onnxruntime" else {}
+    bn = {"quant.bn": BN_UNFOLDED if unfolded else BN_FOLDED} if settings.qconfig.scheme in MLU_SCHEMES else {}
     if runner_class(cfg.backend.name).quantizes_itself:
         tags = {"quant.source": "calibrated by the backend", "quant.observed_images": settings.observed_images, **bn}
-        return Quantized(model, calibration=calibration_batches(cfg, dataset, settings)), StageResult(tags=tags)
+        return Quantized(model, calibration=calibration_batches(cfg, dataset, settings), settings=settings), StageResult(tags=tags)
     quantized, result = emulate(cfg, model, dataset, check, settings)
     result.tags.update(bn)
     return quantized, result
@@ -92,8 +93,10 @@ def emulate(
 ) -> tuple[Quantized, StageResult]:
     """Quantize a copy of ``float_model`` with the MLU's semantics; the evidence as a StageResult."""
     qc = settings.qconfig
-    if qc.scheme == "onnxruntime":
-        raise ValueError("quant.scheme=onnxruntime is ONNX Runtime's own int8: use it with backend=onnxruntime")
+    if qc.scheme not in MLU_SCHEMES:
+        raise ValueError(f"quant.scheme={qc.scheme} is not an MLU scheme: the emulation runs mlu270 or mlu370")
+    if settings.target_activations != "symmetric":
+        raise ValueError("quant.activations=asymmetric: the MLU quantizes activations symmetrically (scale = qmax / absmax)")
     if settings.calib_method != "minmax":
         raise ValueError(f"quant.calib.method={settings.calib_method} is ONNX Runtime only; the MLU's observers are minmax")
     result = StageResult()

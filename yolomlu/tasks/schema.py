@@ -11,8 +11,8 @@ starts (never at import); launchers hand the ConfigStore to their workers with t
 state. Value checks that a type cannot express (choices, ranges, combinations) stay in
 ``common.validate_config``.
 
-``backend.quant`` (onnxruntime) and ``backend.qconfig`` (mlu_legacy) copy the quant group into the
-backend; they are typed ``Any`` until those copies go away.
+``backend.qconfig`` (mlu_legacy) copies the quant group into the backend; it is typed ``Any`` until
+that copy goes away (the other backends get the typed quant settings through the runner interface).
 """
 
 from __future__ import annotations
@@ -76,7 +76,17 @@ class OrtBackendConf:
     threads: Optional[int] = None
     opset: int = 17
     half: bool = False
-    quant: Any = None
+    quant_format: str = "qdq"
+
+
+@dataclass
+class OpenVinoBackendConf:
+    name: str = "openvino"
+    precision: str = "auto"
+    hint: str = "latency"
+    threads: Optional[int] = None
+    opset: int = 17
+    half: bool = False
 
 
 @dataclass
@@ -134,6 +144,7 @@ class QuantConf:
     fallback_topk: int = 0
     params_file: Optional[str] = None
     float_dtype: Optional[str] = None
+    activations: Optional[str] = None
     fold_bn: bool = False
 
 
@@ -283,6 +294,7 @@ SCHEMAS: tuple[tuple[str | None, str, type], ...] = (
     ("data", "coco_schema", CocoDataConf),
     ("backend", "torch_schema", TorchBackendConf),
     ("backend", "onnxruntime_schema", OrtBackendConf),
+    ("backend", "openvino_schema", OpenVinoBackendConf),
     ("backend", "mlu_legacy_schema", MluLegacyBackendConf),
     ("quant", "quant_schema", QuantConf),
     ("eval", "eval_schema", EvalConf),

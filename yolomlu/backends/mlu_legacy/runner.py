@@ -117,6 +117,7 @@ class MluLegacyRunner(Runner):
     # The SDK quantizes the float model itself (quantize_dynamic_mlu): the job hands over the float model
     # and, for gen_quant, calibration batches (set_calibration), not an emulated int8 model.
     quantizes_itself: ClassVar[bool] = True
+    quant_schemes = ("mlu270",)
 
     def __init__(
         self,
@@ -211,6 +212,14 @@ class MluLegacyRunner(Runner):
         self._job_quant: dict[str, Any] = {}
 
     # -- calibration -------------------------------------------------------------------------
+    def set_quantization(self, settings: QuantSettings, calibration: Iterable[torch.Tensor]) -> None:
+        """The job's quant settings and calibration batches. The settings reach this runner as
+        ``qconfig`` too (checked at construction); these batches feed ``gen_quant``."""
+        self.set_calibration(calibration)
+
+    def quantized_layers(self) -> int | None:
+        return self._ready.get("quant", {}).get("layers")
+
     def set_calibration(self, batches: Iterable[torch.Tensor]) -> None:
         """Images for device-side calibration (``gen_quant``), each float32 [b, 3, H, W] in 0..1 on the CPU.
 
