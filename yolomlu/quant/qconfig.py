@@ -29,6 +29,9 @@ MLU_SCHEMES = ("mlu270", "mlu370")
 # How activations are quantized: symmetric around 0 (signed codes) or asymmetric (a zero point, unsigned).
 ACTIVATIONS = ("symmetric", "asymmetric")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+# Where calibration images come from: images the evaluation never sees, or (as earlier versions did)
+# the first images of the evaluated set.
+CALIB_DATA = ("disjoint", "eval")
 # Precisions of the layers a quantized model keeps in floating point (see QuantSettings.float_dtype).
 FLOAT_DTYPES = ("float16", "float32")
 # The largest code of each dtype. Cambricon's scale maps the calibrated absmax onto +qmax (symmetric).
@@ -68,6 +71,12 @@ def _int(value: Any, key: str, minimum: int) -> int:
 def _positive_real(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{key}={value!r} must be a positive finite number")
+    return float(value)
+
+
+def _non_negative_real(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{key}={value!r} must be a finite number >= 0")
     return float(value)
 
 
@@ -174,7 +183,7 @@ class QConfig:
 
 
 # Keys of the quant group that are not qconfig keys.
-_JOB_KEYS = ("name", "enabled", "calib", "sensitivity", "fallback_topk", "params_file", "fold_bn", "float_dtype", "activations")
+_JOB_KEYS = ("name", "enabled", "calib", "sensitivity", "fallback_topk", "params_file", "fold_bn", "float_dtype", "activations", "max_drop")
 
 
 @dataclass(frozen=True)
@@ -186,6 +195,8 @@ class QuantSettings:
     calib_images: how many images of the job's dataset are offered to calibration, in batches of
         calib_batch_size; observers use only the first `qconfig.iteration` batches (`observed_images`).
     calib_method: minmax (the MLU's observers), or entropy / percentile (ONNX Runtime only).
+    calib_data: "disjoint" (images the evaluation never sees; see ``tasks.quant_stage``) or "eval";
+    calib_root: a folder of images to calibrate on instead (None: from the job's data).
     sensitivity_images: images for the per-layer sensitivity analysis (0 = off).
     fallback_topk: after the quantized evaluation, keep the k layers that cost most (by sensitivity)
         in float and evaluate again (0 = off; needs sensitivity_images > 0).
@@ -196,6 +207,8 @@ class QuantSettings:
         upsampling) and of every layer's output: "float16", "float32", or None for the target's own
         (:attr:`target_float_dtype`).
     activations: "symmetric", "asymmetric", or None for the target's own (:attr:`target_activations`).
+    max_drop: an accuracy budget (map50_95 the quantized model may lose against the float one): the job
+        first finds the fewest layers to keep in float that meet it (``tasks.budget``); None: off.
     """
 
     name: str = "none"
@@ -204,14 +217,19 @@ class QuantSettings:
     calib_images: int = 16
     calib_batch_size: int = 16
     calib_method: str = "minmax"
+    calib_data: str = "disjoint"
+    calib_root: str | None = None
     sensitivity_images: int = 2
     fallback_topk: int = 0
     params_file: str | None = None
     fold_bn: bool = False
     float_dtype: str | None = None
     activations: str | None = None
+    max_drop: float | None = None
 
     def __post_init__(self) -> None:
+        if self.max_drop is not None:
+            object.__setattr__(self, "max_drop", _non_negative_real(self.max_drop, "quant.max_drop"))
         if self.activations is not None:
             _choose(self.activations, ACTIVATIONS, "quant.activations")
         _bool(self.fold_bn, "quant.fold_bn")
@@ -228,6 +246,9 @@ class QuantSettings:
         _int(self.calib_images, "quant.calib.images", 1)
         _int(self.calib_batch_size, "quant.calib.batch_size", 1)
         _choose(self.calib_method, CALIB_METHODS, "quant.calib.method")
+        _choose(self.calib_data, CALIB_DATA, "quant.calib.data")
+        if self.calib_root is not None and (not isinstance(self.calib_root, str) or not self.calib_root):
+            raise ValueError(f"quant.calib.root={self.calib_root!r} must be a folder of images or null")
         _int(self.sensitivity_images, "quant.sensitivity.images", 0)
         _int(self.fallback_topk, "quant.fallback_topk", 0)
         if self.fallback_topk and not self.sensitivity_images:
@@ -269,7 +290,7 @@ class QuantSettings:
         if not isinstance(mapping, Mapping):
             raise ValueError(f"quant must be a mapping, got {type(mapping).__name__}")
         _refuse_unknown(mapping, (*_JOB_KEYS, *QConfig.keys()), "quant")
-        calib = _section(mapping, "calib", ("images", "batch_size", "method"))
+        calib = _section(mapping, "calib", ("images", "batch_size", "method", "data", "root"))
         sensitivity = _section(mapping, "sensitivity", ("images",))
         qconfig = QConfig.from_mapping({k: v for k, v in mapping.items() if k in QConfig.keys()}, where="quant.")
         defaults = cls()
@@ -280,12 +301,15 @@ class QuantSettings:
             calib_images=calib.get("images", defaults.calib_images),
             calib_method=calib.get("method", defaults.calib_method),
             calib_batch_size=calib.get("batch_size", defaults.calib_batch_size),
+            calib_data=calib.get("data", defaults.calib_data),
+            calib_root=calib.get("root", defaults.calib_root),
             sensitivity_images=sensitivity.get("images", defaults.sensitivity_images),
             fallback_topk=mapping.get("fallback_topk", defaults.fallback_topk),
             params_file=mapping.get("params_file", defaults.params_file),
             fold_bn=mapping.get("fold_bn", defaults.fold_bn),
             float_dtype=mapping.get("float_dtype", defaults.float_dtype),
             activations=mapping.get("activations", defaults.activations),
+            max_drop=mapping.get("max_drop", defaults.max_drop),
         )
 
 

@@ -174,8 +174,9 @@ def model_mb(model: torch.nn.Module) -> float:
 
 
 # -- data --------------------------------------------------------------------------------------
-def load_dataset(cfg: DictConfig) -> CocoDataset:
-    """The job's dataset: a folder (``data.root``) or the generated synthetic set."""
+def load_dataset(cfg: DictConfig, subset: bool = True) -> CocoDataset:
+    """The job's dataset: a folder (``data.root``) or the generated synthetic set; its first
+    ``data.max_images`` images unless ``subset`` is False."""
     d = cfg.data
     if d.root is not None:
         dataset = CocoDataset.from_root(Path(d.root).expanduser())
@@ -186,7 +187,7 @@ def load_dataset(cfg: DictConfig) -> CocoDataset:
         dataset = CocoDataset.from_root(root)
     else:
         raise ValueError(f"data.root is required for data={d.name}")
-    if d.max_images is not None:
+    if d.max_images is not None and subset:
         if d.max_images < 1:
             raise ValueError(f"data.max_images must be positive or null, got {d.max_images}")
         dataset = dataset.subset(d.max_images)

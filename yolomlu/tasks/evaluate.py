@@ -9,13 +9,15 @@ stays. A stage that is off is logged as off, never faked.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig
 
-from yolomlu.backends import Runner
+from yolomlu import quant as q
+from yolomlu.backends import Runner, runner_class
 from yolomlu.backends.engines import EngineSpec
 from yolomlu.data.categories import category_ids_for_model
 from yolomlu.data.coco import CocoDataset
@@ -27,7 +29,7 @@ from yolomlu.evaluate.predict import predict_dataset
 from yolomlu.evaluate.conditions import pool
 from yolomlu.evaluate.timed import BenchPlan, split_iterations, time_alone, time_in_fresh_process, time_runner
 from yolomlu.model.summary import summarize
-from yolomlu.tasks import common, quant_stage
+from yolomlu.tasks import budget, common, quant_stage
 from yolomlu.tasks.stages import StageResult, record
 from yolomlu.tasks.sweep import parent_run_id, sweep_key
 from yolomlu.tracking import find_finished_run, flatten_params, job_run, reuse_run
@@ -109,7 +111,12 @@ def _run_job(cfg: DictConfig, run) -> dict[str, float]:
     job, result = _model_and_data(cfg)
     record(run, result, metrics)
     record(run, _transforms(job), metrics)
-    quantized, result = quant_stage.quantize(cfg, job.model, job.dataset, job.check, unfolded=common.bn_unfolded_for_quant(cfg))
+    settings = quant_stage.settings_of(cfg)
+    if settings.enabled and settings.max_drop is not None:
+        settings, result = _accuracy_budget(job, settings)
+        record(run, result, metrics)
+    unfolded = common.bn_unfolded_for_quant(cfg)
+    quantized, result = quant_stage.quantize(cfg, job.model, job.dataset, job.check, unfolded=unfolded, settings=settings)
     record(run, result, metrics)
 
     runner = common.make_runner(cfg, quantized.model)
@@ -218,6 +225,51 @@ def _coco(job: _Job, runner: Runner):
     cfg = job.cfg
     predictions = predict_dataset(runner, job.dataset, cfg.img_size, cfg.eval.batch_size, job.head, common.eval_nms(cfg))
     return evaluate_coco(job.dataset.ann_file, predictions, job.category_ids)
+
+
+def _accuracy_budget(job: _Job, settings):
+    """``quant.max_drop``: the fewest most-sensitive layers to keep in float (``tasks.budget``), each
+    step measured on the job's backend; returns the settings with them added to ``mixed_layer``."""
+    cfg = job.cfg
+    if not (cfg.eval.enabled and job.trained) or job.check is None:
+        raise ValueError(
+            f"quant.max_drop={settings.max_drop} needs an accuracy to keep within the budget: trained weights, "
+            "eval.enabled=true and eval.parity_images > 0 (the sensitivity ranking uses them)"
+        )
+    with runner_class("torch")(job.model) as reference:
+        float_map = _coco(job, reference).metrics["map50_95"]
+    batches, _ = quant_stage.calibration_batches(cfg, job.dataset, settings)
+    check = job.check[: max(settings.sensitivity_images, 1)]
+    ranking = budget.sensitivity_ranking(job.model, batches, settings, check)
+    quantizes_itself = runner_class(cfg.backend.name).quantizes_itself
+    scales = None if quantizes_itself else q.calibrate(job.model, batches, settings.qconfig)
+
+    def measure(layers: list[str]) -> tuple[float, float | None]:
+        trial = _with_float_layers(settings, layers)
+        if quantizes_itself:
+            runner = common.make_runner(cfg, job.model)
+            runner.set_quantization(trial, batches)
+        else:
+            model = copy.deepcopy(job.model)
+            q.quantize_model(model, scales, trial.qconfig)
+            q.emulate_float_precision(model, trial.target_float_dtype)
+            runner = common.make_runner(cfg, model)
+        with runner:
+            score = _coco(job, runner).metrics["map50_95"]
+            twin = runner.timing_twin() if quantizes_itself and cfg.bench.enabled else None
+        if twin is None:
+            return score, None  # an emulated model's speed is not the device's: not measured
+        plan = BenchPlan(cfg.img_size, cfg.bench.batch_size, cfg.bench.warmup, cfg.bench.iters, job.head, common.bench_nms(cfg))
+        return score, time_in_fresh_process(twin, _bench_images(job), plan).timings.stats().fps
+
+    found = budget.search(settings.max_drop, float_map, ranking, measure)
+    return _with_float_layers(settings, found.layers), budget.stage_result(found, settings.max_drop, settings.qconfig.mixed_layer)
+
+
+def _with_float_layers(settings, layers: list[str]):
+    """``settings`` with ``layers`` added to its qconfig's mixed_layer."""
+    qc = dataclasses.replace(settings.qconfig, mixed_layer=tuple(settings.qconfig.mixed_layer) + tuple(layers))
+    return dataclasses.replace(settings, qconfig=qc)
 
 
 def _bench_images(job: _Job) -> list:

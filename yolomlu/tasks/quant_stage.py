@@ -63,26 +63,74 @@ def settings_of(cfg: DictConfig) -> q.QuantSettings:
     return q.QuantSettings.from_mapping(to_plain(cfg.quant))
 
 
-def calibration_batches(cfg: DictConfig, dataset: CocoDataset, settings: q.QuantSettings) -> list[torch.Tensor]:
-    """The calibration images the observers will see (the first ``iteration`` batches of
-    ``calib.batch_size`` from the job's dataset), preprocessed as for evaluation."""
-    n = min(settings.observed_images, len(dataset))
-    ids, bs = dataset.image_ids[:n], settings.calib_batch_size
-    return [preprocess([dataset.load_image(i) for i in ids[k : k + bs]], cfg.img_size)[0] for k in range(0, n, bs)]
+def calibration_images(cfg: DictConfig, dataset: CocoDataset, settings: q.QuantSettings) -> tuple[list, str]:
+    """The calibration images the observers will see (``observed_images`` of them: the first
+    ``iteration`` batches of ``calib.batch_size``), and where they came from, in words.
+
+    By default (``quant.calib.data=disjoint``) they are images the evaluation never sees, so an
+    accuracy is never measured on the images the scales were fitted to: the generated shapes set's
+    own ``calib`` split (same generator and seed, another split: other images), or for a dataset
+    folder the images after the evaluated ``data.max_images``. ``quant.calib.root`` names a folder
+    of images instead; ``quant.calib.data=eval`` takes the first evaluated images (earlier versions'
+    choice).
+    """
+    from yolomlu.data.coco import DataError, read_image
+    from yolomlu.data.sources import list_images
+    from yolomlu.data.synthetic import ensure_shapes
+    from yolomlu.tasks.common import load_dataset
+
+    n = settings.observed_images
+    if settings.calib_root:
+        files = list_images(settings.calib_root)[:n]
+        return [read_image(f) for f in files], f"{len(files)} images of the folder {settings.calib_root}"
+    if settings.calib_data == "eval":
+        ids = dataset.image_ids[:n]
+        return [dataset.load_image(i) for i in ids], f"the first {len(ids)} evaluated images (quant.calib.data=eval)"
+    d = cfg.data
+    if d.name == "shapes" and d.root is None:
+        root = ensure_shapes(Path(cfg.paths.cache_dir) / "datasets", n_images=n, img_size=d.image_size, seed=d.seed, split="calib")
+        calib = CocoDataset.from_root(root)
+        return [calib.load_image(i) for i in calib.image_ids], f"{n} images of the generated set's calib split (never evaluated)"
+    full = load_dataset(cfg, subset=False)
+    evaluated = set(dataset.image_ids)
+    spare = [i for i in full.image_ids if i not in evaluated][:n]
+    if not spare:
+        raise DataError(
+            f"quant.calib.data=disjoint needs images the evaluation does not see, but all {len(full)} images of "
+            f"{full.ann_file} are evaluated: set data.max_images below {len(full)}, quant.calib.root=<a folder of "
+            "images>, or quant.calib.data=eval"
+        )
+    return [full.load_image(i) for i in spare], f"{len(spare)} images of {d.name} after the {len(dataset)} evaluated ones"
+
+
+def calibration_batches(cfg: DictConfig, dataset: CocoDataset, settings: q.QuantSettings) -> tuple[list[torch.Tensor], str]:
+    """:func:`calibration_images` in batches of ``calib.batch_size``, preprocessed as for evaluation."""
+    images, source = calibration_images(cfg, dataset, settings)
+    bs = settings.calib_batch_size
+    batches = [preprocess(images[k : k + bs], cfg.img_size)[0] for k in range(0, len(images), bs)]
+    return batches, source
 
 
 def quantize(
-    cfg: DictConfig, model: torch.nn.Module, dataset: CocoDataset, check: torch.Tensor | None, unfolded: bool
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    dataset: CocoDataset,
+    check: torch.Tensor | None,
+    unfolded: bool,
+    settings: q.QuantSettings | None = None,
 ) -> tuple[Quantized, StageResult]:
     """The stage: nothing (quant=none), calibration batches for a backend that quantizes itself, or
-    the MLU emulation. ``unfolded``: the model's BatchNorm layers were left unfolded for it."""
-    settings = settings_of(cfg)
+    the MLU emulation. ``unfolded``: the model's BatchNorm layers were left unfolded for it.
+    ``settings``: the job's quant settings as a stage before changed them (an accuracy budget's
+    float layers); default: the config's."""
+    settings = settings or settings_of(cfg)
     if not settings.enabled:
         return Quantized(model), StageResult()
     bn = {"quant.bn": BN_UNFOLDED if unfolded else BN_FOLDED} if settings.qconfig.scheme in MLU_SCHEMES else {}
     if runner_class(cfg.backend.name).quantizes_itself:
-        tags = {"quant.source": "calibrated by the backend", "quant.observed_images": settings.observed_images, **bn}
-        return Quantized(model, calibration=calibration_batches(cfg, dataset, settings), settings=settings), StageResult(tags=tags)
+        batches, source = calibration_batches(cfg, dataset, settings)
+        tags = {"quant.source": "calibrated by the backend", "quant.calib_images": source, **bn}
+        return Quantized(model, calibration=batches, settings=settings), StageResult(tags=tags)
     quantized, result = emulate(cfg, model, dataset, check, settings)
     result.tags.update(bn)
     return quantized, result
@@ -105,8 +153,9 @@ def emulate(
         q.check_quant_params(float_model, info, qc)
         result.tags["quant.source"] = f"params_file {settings.params_file}"
     else:
-        scales = q.calibrate(float_model, calibration_batches(cfg, dataset, settings), qc)
-        result.tags.update({"quant.source": "calibrated", "quant.observed_images": settings.observed_images})
+        batches, source = calibration_batches(cfg, dataset, settings)
+        scales = q.calibrate(float_model, batches, qc)
+        result.tags.update({"quant.source": "calibrated", "quant.calib_images": source})
     quantized = copy.deepcopy(float_model)
     result.metrics["quant_layers"] = q.quantize_model(quantized, scales, qc)
     q.emulate_float_precision(quantized, settings.target_float_dtype)

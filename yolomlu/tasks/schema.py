@@ -118,6 +118,8 @@ class CalibConf:
     images: int = 16
     batch_size: int = 16
     method: str = "minmax"
+    data: str = "disjoint"
+    root: Optional[str] = None
 
 
 @dataclass
@@ -145,6 +147,7 @@ class QuantConf:
     params_file: Optional[str] = None
     float_dtype: Optional[str] = None
     activations: Optional[str] = None
+    max_drop: Optional[float] = None
     fold_bn: bool = False
 
 

@@ -642,6 +642,12 @@ def _quant_settings(qconfig: Mapping[str, Any] | None) -> QuantSettings:
             f"quant.float_dtype={settings.float_dtype!r}: the legacy SDK runs what an int8 model keeps in floating point "
             "in float16 and takes no setting to change that; leave quant.float_dtype=null"
         )
+    if settings.enabled and settings.max_drop is not None:
+        raise BackendError(
+            f"quant.max_drop={settings.max_drop} is not searched on backend=mlu_legacy (each step would quantize and "
+            "compile on the card): search it on the emulation (backend=torch) and pass its quant.max_drop.mixed_layer "
+            "list as quant.mixed_layer"
+        )
     if settings.enabled and settings.fallback_topk:
         raise BackendError(
             f"quant.fallback_topk={settings.fallback_topk} is not applied by backend=mlu_legacy: name the layers to keep "
