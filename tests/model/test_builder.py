@@ -191,6 +191,7 @@ def test_model_config_files(size, arch, suffix):
     assert text.startswith("# ") and not text.splitlines()[1].startswith("#")
     cfg = yaml.safe_load(text)
     assert cfg == {
+        "defaults": ["model_schema", "_self_"],
         "name": path.stem,
         "arch": arch,
         "depth_multiple": SIZES[size][0],

@@ -56,7 +56,7 @@ def test_quant_settings_from_a_plain_group() -> None:
     ("mapping", "message"),
     [
         ({"name": "int8", "enabled": True, "bits": 8}, r"unknown quant key\(s\) \['bits'\]"),
-        ({"name": "int8", "enabled": True, "calib": {"image": 4}}, r"unknown quant.calib key\(s\) \['image'\]; known: \['batch_size', 'images', 'method'\]"),
+        ({"name": "int8", "enabled": True, "calib": {"image": 4}}, r"unknown quant.calib key\(s\) \['image'\]; known: \['batch_size', 'data', 'images', 'method', 'root'\]"),
         ({"name": "int8", "enabled": True, "dtype": "fp8"}, r"quant.dtype='fp8' is not valid; choose one of"),
         ({"name": "none", "enabled": True}, r"quant.enabled=True contradicts quant.name='none'"),
         ({"name": "int8", "enabled": False}, r"quant.enabled=False contradicts quant.name='int8'"),

@@ -13,7 +13,8 @@ def test_an_exported_file_is_timed_alone_and_recorded(run_cli, read_runs, tmp_pa
     run = read_runs(tmp_path / "mlflow.db").iloc[0]
     assert run["status"] == "FINISHED" and run["tags.timing"] == "engine_alone"
     assert run["metrics.fps"] > 0 and run["metrics.latency_ms_p50"] > 0  # noqa: timing (a measurement exists)
-    assert run["tags.contended"] in ("true", "false") and run["tags.timing.rounds"] == "2"
+    # a tiny model runs too briefly for the load to be judged: "unknown" is an honest answer
+    assert run["tags.contended"] in ("true", "false", "unknown") and run["tags.timing.rounds"] == "2"
     assert run["tags.accuracy"] == "not_measured"
 
 

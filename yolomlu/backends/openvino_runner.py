@@ -167,10 +167,7 @@ class OpenVinoRunner(Runner):
             raise BackendError(f"quant.float_dtype={settings.float_dtype!r}: OpenVINO keeps what is not int8 in backend.precision")
         if self.ir_file is not None:
             raise BackendError("backend.ir_file runs an IR as it is: it cannot be quantized again")
-        batches = list(calibration)
-        if not batches:
-            raise BackendError("int8 on the openvino backend needs calibration batches; none were given")
-        self.quant, self.calibration = settings, batches
+        self.quant, self.calibration = settings, list(calibration)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _activate_impl(self) -> None:
@@ -202,6 +199,8 @@ class OpenVinoRunner(Runner):
 
     def _quantized_ir(self, core: Any, onnx_path: Path) -> Path:
         """NNCF's int8 IR of the exported model, cached by the export, the settings and the images."""
+        if not self.calibration:
+            raise BackendError("int8 on the openvino backend needs calibration batches; none were given")
         q = self.quant
         qc = q.qconfig
         used = self.calibration[: max(1, -(-q.observed_images // q.calib_batch_size))]

@@ -13,7 +13,8 @@ import pandas as pd
 from yolomlu.report.compare import comparison_table, repeat_table
 from yolomlu.report.plots import pareto_plot, per_class_plot, profile_plots, repeat_plot
 from yolomlu.report.render import CSV_NAME, figure_filename, write_report
-from yolomlu.tracking import TrackingSettings, fetch_runs, latest_sweep, load_table_artifact, log_report, repeat_sweeps, run_label
+from yolomlu.report.search import search_sections
+from yolomlu.tracking import TrackingSettings, fetch_runs, latest_sweep, load_table_artifact, log_report, repeat_sweeps, run_label, run_tags
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -113,6 +114,11 @@ def build_report(settings: TrackingSettings, parent_run_id: str | None, out_dir:
         raise ValueError(f"report.repeats={repeats} must be 1 or more")
     runs, parent, chosen = select_runs(settings, parent_run_id)
     table = comparison_table(runs)
+    extra: list[tuple[str, pd.DataFrame]] = []
+    search_notes: list[str] = []
+    parent_tags = run_tags(settings, parent) if parent else {}
+    if parent_tags.get("search") == "true":
+        search_notes, extra = search_sections(settings, {**parent_tags, "run_id": parent}, table)
     per_class = load_tables(settings, table, PER_CLASS_ARTIFACT)
     profiles = load_tables(settings, table, PROFILE_ARTIFACT)
     figures = build_figures(table, per_class, profiles)
@@ -128,12 +134,12 @@ def build_report(settings: TrackingSettings, parent_run_id: str | None, out_dir:
             notes.append(f"report.repeats={repeats} but the store holds {len(sweeps)} runs of this sweep")
     elif repeats > 1:
         notes.append("report.repeats needs a sweep: these runs have none")
-    notes += table.attrs.get("notes", [])
+    notes += search_notes + table.attrs.get("notes", [])
     if not profiles and len(table):
         notes.append(f"no run logged {PROFILE_ARTIFACT}: no layer-profile charts")
     title = f"yolomlu comparison — {settings.experiment}" + (f" / sweep {parent[:8]}" if parent else "")
     folder = report_folder(out_dir, run_label(settings, parent) if parent else f"experiment-{settings.experiment}")
-    html_path, md_path = write_report(table, figures, folder, title, notes, repeats=spread)
+    html_path, md_path = write_report(table, figures, folder, title, notes, repeats=spread, extra=extra)
     if parent:
         files = [html_path, md_path, html_path.parent / CSV_NAME] + [html_path.parent / figure_filename(t) for t in figures]
         log_report(settings, parent, files)

@@ -83,9 +83,14 @@ def pareto_plot(table: pd.DataFrame) -> Figure:
         ax.scatter(on["fps"], on["map50_95"], color=FRONT_COLOR, s=60, label="Pareto front", zorder=4)
         # The front as a staircase: everything below and left of it is beaten by a point on it.
         ax.plot(on["fps"], on["map50_95"], color=FRONT_COLOR, drawstyle="steps-pre", alpha=0.6, gid="pareto-front")
+        if (budget := table.attrs.get("budget_map50_95")) is not None:
+            # A search's accuracy budget: the variants below the line are infeasible, never winners.
+            ax.axhline(budget, color="tab:gray", linestyle="--", linewidth=1, label="accuracy budget", gid="budget")
         # Variants that match in accuracy differ by ~1e-4; autoscaling would blow that noise up to
         # the full height. Show at least MIN_MAP_SPAN so equal-looking accuracy looks equal.
         low, high = measured["map50_95"].min(), measured["map50_95"].max()
+        if (budget := table.attrs.get("budget_map50_95")) is not None:
+            low, high = min(low, budget), max(high, budget)
         if high - low < MIN_MAP_SPAN:
             middle = (high + low) / 2
             ax.set_ylim(middle - MIN_MAP_SPAN / 2, middle + MIN_MAP_SPAN / 2)

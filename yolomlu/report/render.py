@@ -197,12 +197,14 @@ def write_report(
     title: str,
     notes: Sequence[str] = (),
     repeats: pd.DataFrame | None = None,
+    extra: Sequence[tuple[str, pd.DataFrame]] = (),
 ) -> tuple[Path, Path]:
     """Write ``report.html`` (figures embedded), ``report.md`` with one PNG per figure beside it,
     and the raw table as ``comparison.csv``, into ``out_dir``; return (html_path, md_path).
 
     ``figures`` maps a section title to a matplotlib Figure; ``notes`` are shown under the title;
-    ``repeats`` (a repeat_table) gets a section after the variants.
+    ``repeats`` (a repeat_table) gets a section after the variants; ``extra`` (title, display
+    table) pairs follow it.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -222,9 +224,9 @@ def write_report(
         for status, base in zip(table.get("status", [""] * len(table)), table.get("baseline", [False] * len(table)))
     ]
 
-    extra: list[tuple[str, pd.DataFrame]] = []
+    extra = list(extra)
     if repeats is not None:
-        extra.append((repeats_title(repeats), format_repeats(repeats)))
+        extra.insert(0, (repeats_title(repeats), format_repeats(repeats)))
 
     html_path, md_path = out_dir / HTML_NAME, out_dir / MD_NAME
     html_path.write_text(_html(title, notes, summary, details, row_classes, pngs, footnote, extra), encoding="utf-8")

@@ -12,9 +12,12 @@ def _tasks() -> dict[str, Callable[[DictConfig], Any]]:
     from yolomlu.tasks.detect import detect
     from yolomlu.tasks.evaluate import evaluate
     from yolomlu.tasks.export import export_task
+    from yolomlu.tasks.gate import gate_task
     from yolomlu.tasks.info import info
+    from yolomlu.tasks.promote import promote_task
     from yolomlu.tasks.records import import_task
     from yolomlu.tasks.report import report_task
+    from yolomlu.tasks.search import search_task
     from yolomlu.tasks.time_engine import time_engine_task
     from yolomlu.tasks.train import train_job
 
@@ -27,6 +30,9 @@ def _tasks() -> dict[str, Callable[[DictConfig], Any]]:
         "export": export_task,
         "train": train_job,
         "time_engine": time_engine_task,
+        "search": search_task,
+        "promote": promote_task,
+        "gate": gate_task,
     }
 
 

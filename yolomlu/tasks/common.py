@@ -36,7 +36,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "demo_yolov5n_v5.pt"
 
 # Keys that say where a job is recorded or cached, not what it computes.
-_NON_SEMANTIC_KEYS = ("tracking", "paths", "sweep", "baseline")
+_NON_SEMANTIC_KEYS = ("tracking", "paths", "sweep", "baseline", "search", "promote", "gate")
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
@@ -211,6 +211,16 @@ def make_runner(cfg: DictConfig, model: torch.nn.Module, **replaced: Any) -> Run
         raise BackendError(f"backend={cfg.backend.name} does not take these settings {sorted(settings)}: {exc}") from exc
 
 
+def check_quantization(cfg: DictConfig) -> None:
+    """Hand a backend that quantizes itself the job's quant settings (no images) so it refuses, by
+    name and before any work, what it cannot honour."""
+    from yolomlu.tasks.quant_stage import settings_of
+
+    settings = settings_of(cfg)
+    if settings.enabled and runner_class(cfg.backend.name).quantizes_itself:
+        make_runner(cfg, torch.nn.Identity()).set_quantization(settings, [])
+
+
 def eval_nms(cfg: DictConfig) -> NmsSettings:
     e = cfg.eval
     return NmsSettings(e.conf_thres, e.iou_thres, e.max_det, e.max_candidates, e.multi_label)
@@ -326,7 +336,7 @@ def log_stream() -> Any:
 
 
 # -- validation --------------------------------------------------------------------------------
-TASKS = ("evaluate", "detect", "info", "import", "report", "export", "train", "time_engine")
+TASKS = ("evaluate", "detect", "info", "import", "report", "export", "train", "time_engine", "search", "promote", "gate")
 ARCHS = ("v5", "v6")
 DATASETS = ("shapes", "coco")
 
@@ -367,5 +377,6 @@ def validate_config(cfg: DictConfig) -> None:
             f"quant.scheme={settings.qconfig.scheme} cannot run on backend={cfg.backend.name}, which takes "
             f"{list(schemes) or 'no quantization'}" + (f": set quant.scheme={schemes[0]}" if schemes else "")
         )
-    # Constructing a runner is cheap and checks every backend setting.
+    # Constructing a runner is cheap and checks every backend setting; so is handing it the quant settings.
     make_runner(cfg, torch.nn.Identity())
+    check_quantization(cfg)

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from yolomlu.data.coco import DataError, read_image
 from yolomlu.data.sources import list_images
 from yolomlu.evaluate.pipeline import NmsSettings, postprocess, preprocess
-from yolomlu.tasks import common, quant_stage
+from yolomlu.tasks import common, quant_stage, registered
 from yolomlu.types import Detections
 
 
@@ -26,6 +26,7 @@ def detect(cfg: DictConfig) -> dict[str, int]:
     the task fails at the end naming every one of them."""
     if cfg.source is None:
         raise ValueError("task=detect needs source=<image file or folder>")
+    cfg, _ = registered.adopt(cfg)  # model.weights=models:/...: the registered port
     files = list_images(cfg.source)  # a missing or empty source fails here, before any work
     loaded = common.build_transformed(cfg)
     out = common.log_stream()

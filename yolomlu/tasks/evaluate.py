@@ -29,8 +29,9 @@ from yolomlu.evaluate.predict import predict_dataset
 from yolomlu.evaluate.conditions import pool
 from yolomlu.evaluate.timed import BenchPlan, split_iterations, time_alone, time_in_fresh_process, time_runner
 from yolomlu.model.summary import summarize
-from yolomlu.tasks import budget, common, quant_stage
+from yolomlu.tasks import budget, common, quant_stage, registered
 from yolomlu.tasks.stages import StageResult, record
+from yolomlu.tasks.jobs import run_tags_from_env
 from yolomlu.tasks.sweep import parent_run_id, sweep_key
 from yolomlu.tracking import find_finished_run, flatten_params, job_run, reuse_run
 from yolomlu.transforms import apply_transforms
@@ -40,6 +41,7 @@ REUSE_MODES = ("sweep", "any")
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Run the job described by ``cfg``; return the metrics it logged."""
+    cfg, registered_tags = registered.adopt(cfg)  # model.weights=models:/...: the registered port
     settings = common.tracking_settings(cfg)
     parent = parent_run_id()
     name = common.run_name(cfg, in_sweep=parent is not None)
@@ -47,7 +49,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     digest = common.config_hash(cfg)
     env = common.environment_tags()
     key = sweep_key()
-    own = {"baseline": str(cfg.baseline).lower(), "variant": variant}
+    own = {"baseline": str(cfg.baseline).lower(), "variant": variant, **registered_tags, **run_tags_from_env()}
     if parent and not cfg.sweep.rerun:
         previous = _reusable(cfg, settings, digest, env, key)
         if previous:

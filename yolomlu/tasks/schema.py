@@ -244,6 +244,16 @@ class TrainConf:
 
 
 @dataclass
+class SearchConf:
+    name: str = MISSING
+    n_trials: int = 12
+    max_drop: float = 0.01
+    seed: int = 0
+    baseline: dict[str, Any] = field(default_factory=dict)
+    space: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class TransformsConf:
     focus_to_conv: bool = False
     spp_to_sppf: bool = False
@@ -265,6 +275,21 @@ class SweepConf:
 
 
 @dataclass
+class PromoteConf:
+    name: Optional[str] = None
+    alias: str = "champion"
+    max_drop: float = 0.010
+
+
+@dataclass
+class GateConf:
+    name: Optional[str] = None
+    alias: str = "champion"
+    max_map_drop: float = 0.005
+    max_fps_loss: float = 0.25
+
+
+@dataclass
 class Config:
     """The top-level keys; each group is typed by its own schema (``Any`` here, so that a preset's
     ``override /backend: onnxruntime`` may swap one backend schema for another)."""
@@ -277,6 +302,8 @@ class Config:
     transforms: TransformsConf = field(default_factory=TransformsConf)
     detect: DetectConf = field(default_factory=DetectConf)
     sweep: SweepConf = field(default_factory=SweepConf)
+    promote: PromoteConf = field(default_factory=PromoteConf)
+    gate: GateConf = field(default_factory=GateConf)
     model: Any = MISSING
     data: Any = MISSING
     backend: Any = MISSING
@@ -287,6 +314,7 @@ class Config:
     paths: Any = MISSING
     report: Any = MISSING
     train: Any = MISSING
+    search: Any = None
 
 
 # (group, name in the group, schema): the yaml files start their defaults list with these names.
@@ -306,6 +334,7 @@ SCHEMAS: tuple[tuple[str | None, str, type], ...] = (
     ("paths", "paths_schema", PathsConf),
     ("report", "report_schema", ReportConf),
     ("train", "train_schema", TrainConf),
+    ("search", "search_schema", SearchConf),
 )
 
 

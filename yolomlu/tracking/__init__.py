@@ -1,6 +1,6 @@
 """Experiment tracking. The only package that imports mlflow."""
 
-from yolomlu.tracking.query import fetch_runs, latest_sweep, load_table_artifact, log_report, repeat_sweeps, run_label
+from yolomlu.tracking.query import fetch_runs, latest_sweep, load_table_artifact, log_report, repeat_sweeps, run_label, run_tags
 from yolomlu.tracking.store import (
     RunLogger,
     TrackingSettings,
@@ -32,5 +32,6 @@ __all__ = [
     "repeat_sweeps",
     "reuse_run",
     "run_label",
+    "run_tags",
     "start_run",
 ]

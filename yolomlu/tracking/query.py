@@ -165,6 +165,11 @@ def repeat_sweeps(settings: TrackingSettings, parent_run_id: str, n: int) -> lis
     return ids[::-1] + [parent_run_id]
 
 
+def run_tags(settings: TrackingSettings, run_id: str) -> dict[str, str]:
+    """The run's tags."""
+    return dict(_reader(settings).get_run(run_id).data.tags)
+
+
 def run_label(settings: TrackingSettings, run_id: str) -> str:
     """``<run name>-<first 8 characters of the id>``: a name for the run's files on disk."""
     run = _reader(settings).get_run(run_id)

@@ -215,7 +215,9 @@ class MluLegacyRunner(Runner):
     def set_quantization(self, settings: QuantSettings, calibration: Iterable[torch.Tensor]) -> None:
         """The job's quant settings and calibration batches. The settings reach this runner as
         ``qconfig`` too (checked at construction); these batches feed ``gen_quant``."""
-        self.set_calibration(calibration)
+        batches = list(calibration)
+        if batches:
+            self.set_calibration(batches)
 
     def quantized_layers(self) -> int | None:
         return self._ready.get("quant", {}).get("layers")
