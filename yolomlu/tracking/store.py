@@ -18,6 +18,7 @@ from typing import Any
 
 from yolomlu.interrupts import uninterrupted
 from yolomlu.tracking.records import OfflineRunLogger, find_records, read_record
+from yolomlu.tracking.store_lock import first_use, store_lock
 
 # mlflow's SQLite store runs alembic migrations on first use and logs every step at INFO.
 _NOISY_LOGGERS = ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent")
@@ -77,30 +78,42 @@ def _client(uri: str):
         logging.getLogger(name).setLevel(logging.WARNING)
     from mlflow import MlflowClient
 
-    return _UninterruptedClient(MlflowClient(tracking_uri=uri))
+    # Constructing the first client of a process builds its store, which creates or migrates a
+    # SQLite database's schema: one process at a time (see store_lock).
+    with first_use(uri):
+        return _UninterruptedClient(MlflowClient(tracking_uri=uri))
 
 
 def ensure_experiment(settings: TrackingSettings) -> str:
     """Create the store and the experiment if missing; return the experiment id.
 
-    Call it once in the parent process before parallel workers log: two workers creating a
-    fresh SQLite database at the same moment race on its schema.
+    Safe when many processes do it at once: a SQLite store's schema and its experiments are
+    created under the store's lock (store_lock); elsewhere, a process that loses the race to
+    create the experiment uses the winner's.
     """
     client = _client(settings.uri)
     experiment = client.get_experiment_by_name(settings.experiment)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            raise ValueError(
-                f"MLflow experiment {settings.experiment!r} is deleted in {settings.uri}; "
-                "restore it in the UI or choose another tracking.experiment"
-            )
-        return experiment.experiment_id
+    if experiment is None:
+        with store_lock(settings.uri):
+            experiment = client.get_experiment_by_name(settings.experiment)
+            if experiment is None:
+                return _create_experiment(client, settings)
+    if experiment.lifecycle_stage == "deleted":
+        raise ValueError(
+            f"MLflow experiment {settings.experiment!r} is deleted in {settings.uri}; "
+            "restore it in the UI or choose another tracking.experiment"
+        )
+    return experiment.experiment_id
+
+
+def _create_experiment(client, settings: TrackingSettings) -> str:
     from mlflow.exceptions import MlflowException
 
     try:
         return client.create_experiment(settings.experiment, artifact_location=_artifact_location(settings))
     except MlflowException:
-        # Another process created it between our lookup and create: use theirs.
+        # Another process (another machine, on a tracking server) created it between our lookup
+        # and create: use theirs.
         experiment = client.get_experiment_by_name(settings.experiment)
         if experiment is None:
             raise
