@@ -13,9 +13,15 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PRESET ?= study_cpu
 JOBS ?=
+# make server: the MLflow tracking server (PostgreSQL store, proxied artifacts) and where it keeps its data.
+SERVER_DIR ?= .cache/yolomlu/server
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 5000
+PG_PORT ?= 5433
+SERVER_ALLOWED_HOSTS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run sweep report test ui gpu-study import demo-model clean
+.PHONY: help setup run sweep report test ui server server-stop gpu-study import demo-model clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,8 +32,8 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q --upgrade pip
 	@echo "[setup] installing $(TORCH_SPEC)$(if $(TORCH_INDEX), from $(TORCH_INDEX)) (the CPU build: a minute or two)"
 	@$(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
-	@echo "[setup] installing yolomlu (editable) with MLflow, Hydra, pycocotools, ONNX Runtime, OpenVINO + NNCF and the test tools (a few minutes)"
-	@$(PY) -m pip install -q -e ".[dev,onnx,openvino]"
+	@echo "[setup] installing yolomlu (editable) with MLflow, Hydra, pycocotools, Optuna, ONNX Runtime, OpenVINO + NNCF, the PostgreSQL driver and the test tools (a few minutes)"
+	@$(PY) -m pip install -q -e ".[dev,onnx,openvino,server]"
 	@touch $(STAMP)
 	@echo "[setup] done: use $(VENV)/bin/yolomlu, or 'source $(VENV)/bin/activate' for python -m yolomlu"
 
@@ -47,7 +53,14 @@ test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q $(ARGS)
 
 ui: $(STAMP) ## open the MLflow UI on http://127.0.0.1:5000 for ./mlflow.db
-	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port 5000 --workers 1
+	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port 5000 --workers 1
+
+server: $(STAMP) ## MLflow tracking server for many machines (PostgreSQL store, proxied artifacts), in the background
+	$(PY) -m yolomlu.tracking.server start --dir $(SERVER_DIR) --host $(SERVER_HOST) --port $(SERVER_PORT) --pg-port $(PG_PORT) \
+		$(if $(SERVER_ALLOWED_HOSTS),--allowed-hosts $(SERVER_ALLOWED_HOSTS))
+
+server-stop: ## stop what make server started (its data stays in SERVER_DIR)
+	$(PY) -m yolomlu.tracking.server stop --dir $(SERVER_DIR)
 
 # On a GPU machine that has its own torch (no tracking store needed): make gpu-study GPU_PY=python3
 GPU_PY ?= $(PY)
@@ -61,5 +74,6 @@ import: $(STAMP) ## load run records made elsewhere into the store (SRC=outputs/
 demo-model: $(STAMP) ## retrain the demo checkpoint (about 45 minutes on 2 CPU cores)
 	$(PY) -m yolomlu task=train model=yolov5n_v5 model.nc=6 train.out=yolomlu/assets/demo_yolov5n_v5.pt $(ARGS)
 
-clean: ## remove generated state (runs, outputs, caches); keeps .venv
-	rm -rf mlflow.db mlartifacts mlruns outputs multirun .cache .pytest_cache
+clean: ## remove generated state (runs, outputs, caches, the server's data); keeps .venv
+	@if [ -f $(SERVER_DIR)/state.json ] && [ -x $(PY) ]; then $(PY) -m yolomlu.tracking.server stop --dir $(SERVER_DIR); fi
+	rm -rf mlflow.db mlflow.db.lock mlartifacts mlruns outputs multirun .cache .pytest_cache

@@ -33,7 +33,7 @@ from yolomlu.tasks import budget, common, quant_stage, registered
 from yolomlu.tasks.stages import StageResult, record
 from yolomlu.tasks.jobs import run_tags_from_env
 from yolomlu.tasks.sweep import parent_run_id, sweep_key
-from yolomlu.tracking import find_finished_run, flatten_params, job_run, reuse_run
+from yolomlu.tracking import close_dead_runs, find_finished_run, flatten_params, job_run, reuse_run
 from yolomlu.transforms import apply_transforms
 
 REUSE_MODES = ("sweep", "any")
@@ -45,6 +45,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     settings = common.tracking_settings(cfg)
     parent = parent_run_id()
     name = common.run_name(cfg, in_sweep=parent is not None)
+    for closed in close_dead_runs(settings, finder=f"the job {name}"):  # runs left RUNNING by dead processes
+        print(f"[yolomlu] {closed}", file=common.log_stream())
     variant = common.variant_name(cfg)
     digest = common.config_hash(cfg)
     env = common.environment_tags()

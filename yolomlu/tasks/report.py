@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from yolomlu.tasks import common
+from yolomlu.tracking import close_dead_runs
 
 
 def report_task(cfg: DictConfig) -> dict[str, str | int]:
@@ -17,8 +18,11 @@ def report_task(cfg: DictConfig) -> dict[str, str | int]:
     from yolomlu.report.render import format_repeats, repeats_title
 
     settings = common.tracking_settings(cfg)
-    result = build_report(settings, cfg.report.parent, Path(cfg.report.out_dir).expanduser(), repeats=cfg.report.repeats)
     out = common.log_stream()
+    # Runs left RUNNING by dead processes are closed first: the report shows them as what they are.
+    for closed in close_dead_runs(settings, finder="task=report"):
+        print(f"[yolomlu] {closed}", file=out)
+    result = build_report(settings, cfg.report.parent, Path(cfg.report.out_dir).expanduser(), repeats=cfg.report.repeats)
     for note in result.notes:
         print(f"[yolomlu] {note}", file=out)
     print(format_table(result.table).to_string(index=False), file=out)

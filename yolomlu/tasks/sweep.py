@@ -22,7 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from yolomlu.tasks import common, errors
-from yolomlu.tracking import child_runs, start_run
+from yolomlu.tracking import child_runs, close_dead_runs, start_run
 from yolomlu.tracking.query import BOOKKEEPING_OVERRIDES
 
 PARENT_ENV = "YOLOMLU_PARENT_RUN_ID"
@@ -127,6 +127,9 @@ class SweepTracking(Callback):
         overrides = list(config.hydra.overrides.task)
         env = common.environment_tags()
         key = sweep_identity(preset, overrides, env, config)
+        # A sweep killed outright (kill -9) left its parent and running job RUNNING: close them.
+        for closed in close_dead_runs(self._settings, finder=f"the sweep {preset}"):
+            print(f"[yolomlu] {closed}", file=common.log_stream())
         self._parent = start_run(
             self._settings,
             f"sweep-{preset}-{time.strftime('%Y%m%d-%H%M%S')}",

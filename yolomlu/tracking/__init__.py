@@ -1,5 +1,6 @@
 """Experiment tracking. The only package that imports mlflow."""
 
+from yolomlu.tracking.liveness import close_dead_runs
 from yolomlu.tracking.query import fetch_runs, latest_sweep, load_table_artifact, log_report, repeat_sweeps, run_label, run_tags
 from yolomlu.tracking.store import (
     RunLogger,
@@ -19,6 +20,7 @@ __all__ = [
     "RunLogger",
     "TrackingSettings",
     "child_runs",
+    "close_dead_runs",
     "default_tracking_uri",
     "ensure_experiment",
     "fetch_runs",

@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
+from yolomlu.tracking import owner
 from yolomlu.tracking.query import _no_progress_bar
 from yolomlu.tracking.store import RunLogger, TrackingSettings, _client, _quoted, ensure_experiment
 
@@ -21,9 +22,13 @@ def find_run(settings: TrackingSettings, tags: Mapping[str, str]) -> str | None:
 
 
 def reopen(settings: TrackingSettings, run_id: str) -> RunLogger:
-    """The run, RUNNING again (a resumed search logs into the parent its first part opened)."""
+    """The run, RUNNING again and owned by this process (a resumed search logs into the parent its
+    first part opened; the owner tags and heartbeat keep other jobs from closing it as dead)."""
     client = _client(settings.uri)
+    for key, value in owner.owner_tags().items():
+        client.set_tag(run_id, key, value)
     client.update_run(run_id, status="RUNNING")
+    owner.start_heartbeat(run_id, lambda now: client.set_tag(run_id, owner.HEARTBEAT_TAG, now))
     return RunLogger(client, run_id)
 
 

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from yolomlu.interrupts import uninterrupted
+from yolomlu.tracking import owner
 from yolomlu.tracking.records import OfflineRunLogger, find_records, read_record
+from yolomlu.tracking.store_lock import first_use, store_lock
 
 # mlflow's SQLite store runs alembic migrations on first use and logs every step at INFO.
 _NOISY_LOGGERS = ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent")
@@ -77,30 +79,42 @@ def _client(uri: str):
         logging.getLogger(name).setLevel(logging.WARNING)
     from mlflow import MlflowClient
 
-    return _UninterruptedClient(MlflowClient(tracking_uri=uri))
+    # Constructing the first client of a process builds its store, which creates or migrates a
+    # SQLite database's schema: one process at a time (see store_lock).
+    with first_use(uri):
+        return _UninterruptedClient(MlflowClient(tracking_uri=uri))
 
 
 def ensure_experiment(settings: TrackingSettings) -> str:
     """Create the store and the experiment if missing; return the experiment id.
 
-    Call it once in the parent process before parallel workers log: two workers creating a
-    fresh SQLite database at the same moment race on its schema.
+    Safe when many processes do it at once: a SQLite store's schema and its experiments are
+    created under the store's lock (store_lock); elsewhere, a process that loses the race to
+    create the experiment uses the winner's.
     """
     client = _client(settings.uri)
     experiment = client.get_experiment_by_name(settings.experiment)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            raise ValueError(
-                f"MLflow experiment {settings.experiment!r} is deleted in {settings.uri}; "
-                "restore it in the UI or choose another tracking.experiment"
-            )
-        return experiment.experiment_id
+    if experiment is None:
+        with store_lock(settings.uri):
+            experiment = client.get_experiment_by_name(settings.experiment)
+            if experiment is None:
+                return _create_experiment(client, settings)
+    if experiment.lifecycle_stage == "deleted":
+        raise ValueError(
+            f"MLflow experiment {settings.experiment!r} is deleted in {settings.uri}; "
+            "restore it in the UI or choose another tracking.experiment"
+        )
+    return experiment.experiment_id
+
+
+def _create_experiment(client, settings: TrackingSettings) -> str:
     from mlflow.exceptions import MlflowException
 
     try:
         return client.create_experiment(settings.experiment, artifact_location=_artifact_location(settings))
     except MlflowException:
-        # Another process created it between our lookup and create: use theirs.
+        # Another process (another machine, on a tracking server) created it between our lookup
+        # and create: use theirs.
         experiment = client.get_experiment_by_name(settings.experiment)
         if experiment is None:
             raise
@@ -166,6 +180,7 @@ class RunLogger:
         self._client.log_artifact(self.run_id, str(path), artifact_path)
 
     def end(self, status: str) -> None:
+        owner.stop_heartbeat(self.run_id)
         self._client.set_terminated(self.run_id, status=status)
 
 
@@ -174,16 +189,27 @@ def start_run(
     run_name: str,
     tags: Mapping[str, Any] | None = None,
     parent_run_id: str | None = None,
+    heartbeat: bool = True,
 ) -> RunLogger | OfflineRunLogger:
-    """Open a run (or, with ``settings.offline_dir``, a run record); close it with ``.end(status)``."""
+    """Open a run (or, with ``settings.offline_dir``, a run record); close it with ``.end(status)``.
+
+    The run records the process that owns it (``owner.owner_tags``: host, pid, the process's
+    start time; they replace any such tags in ``tags``) and, while it is open and ``heartbeat``,
+    refreshes ``run.heartbeat`` from a daemon thread, so that a run whose process died can be
+    told apart from one still at work (``tracking.liveness``).
+    """
     all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
+    all_tags.update(owner.owner_tags())
     if settings.offline_dir:
         return OfflineRunLogger(Path(settings.offline_dir), run_name, all_tags, settings.experiment)
     client = _client(settings.uri)
     run = client.create_run(ensure_experiment(settings), run_name=run_name, tags=all_tags)
-    return RunLogger(client, run.info.run_id)
+    run_id = run.info.run_id
+    if heartbeat:
+        owner.start_heartbeat(run_id, lambda now: client.set_tag(run_id, owner.HEARTBEAT_TAG, now))
+    return RunLogger(client, run_id)
 
 
 @contextmanager
@@ -214,7 +240,8 @@ def job_run(
 
 
 def child_runs(settings: TrackingSettings, parent_run_id: str) -> list[dict[str, str]]:
-    """The runs under ``parent_run_id``: name, status, error and reused_from, oldest first."""
+    """The runs under ``parent_run_id``: name, status, error (or why the run was found dead and
+    closed) and reused_from, oldest first."""
     if settings.offline_dir:
         records = [read_record(f) for f in find_records(Path(settings.offline_dir))] if Path(settings.offline_dir).is_dir() else []
         children = [r for r in records if r["tags"].get("mlflow.parentRunId") == parent_run_id]
@@ -226,7 +253,12 @@ def child_runs(settings: TrackingSettings, parent_run_id: str) -> list[dict[str,
         )
         rows = [(r.info.start_time, r.info.run_name, r.info.status, r.data.tags) for r in runs]
     return [
-        {"name": name, "status": status, "error": tags.get("error", ""), "reused_from": tags.get("reused_from", "")}
+        {
+            "name": name,
+            "status": status,
+            "error": tags.get("error") or tags.get("killed_reason", ""),
+            "reused_from": tags.get("reused_from", ""),
+        }
         for _, name, status, tags in sorted(rows, key=lambda row: row[0])
     ]
 
@@ -281,7 +313,8 @@ def reuse_run(
         reused_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
     tags = own
-    logger = start_run(settings, run_name, tags, parent_run_id)
+    # Closed at once: no heartbeat. (start_run replaces the source's owner tags with this process's.)
+    logger = start_run(settings, run_name, tags, parent_run_id, heartbeat=False)
     logger.log_params(source.data.params)
     logger.log_metrics(source.data.metrics)
     logger.end("FINISHED")
@@ -307,6 +340,11 @@ def import_records(source: Path, settings: TrackingSettings) -> list[str]:
         experiment = TrackingSettings(settings.uri, record.get("experiment") or settings.experiment, settings.artifact_root)
         experiment_id = ensure_experiment(experiment)
         tags = {**record["tags"], "imported_from": str(folder.resolve()), "offline_run_id": folder.name}
+        # The run is open here until its status is set below, and this process owns it meanwhile:
+        # the record's own owner tags (the machine that ran the job) move to record.run.*, so
+        # that nobody judges the open run by a process that ended long ago elsewhere.
+        tags.update({f"record.{key}": tags.pop(key) for key in owner.OWNER_TAGS if key in tags})
+        tags.update(owner.owner_tags())
         parent = tags.get("mlflow.parentRunId")
         if parent in new_id:
             tags["mlflow.parentRunId"] = new_id[parent]
