@@ -61,7 +61,7 @@ def test_experiments_folder_is_the_experiments_group() -> None:
         ("task=fly", r"task='fly' is not valid"),
         ("img_size=100", r"img_size=100 must be a positive multiple of 32"),
         ("backend.device=tpu", r"backend.device='tpu'"),
-        ("eval.conf_thres=2", r"conf_thres and iou_thres must lie in \[0, 1\]"),
+        ("eval.conf_thres=2", r"eval.conf_thres=2.0 must be a number between 0 and 1"),
         ("bench.iters=0", r"bench.iters=0 must be a positive integer"),
     ],
 )

@@ -51,7 +51,7 @@ def main() -> None:
     try:
         hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_task)()
     except KeyboardInterrupt as exc:  # the running job's run and an open sweep are closed as KILLED by now
-        sys.stderr.write(f"yolomlu: stopped: {exc or 'interrupted (Ctrl-C)'}\n")
+        sys.stderr.write(f"yolomlu: stopped: {str(exc) or 'interrupted (Ctrl-C)'}\n")  # a bare KeyboardInterrupt() is truthy, its text empty
         sys.exit(143 if isinstance(exc, interrupts.Terminated) else 130)
     except Exception as exc:
         message = errors.describe(exc)

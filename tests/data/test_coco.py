@@ -83,6 +83,11 @@ def test_from_root_names_what_it_looked_for(tmp_path):
         CocoDataset.from_root(tmp_path, split="val")
 
 
+def test_from_root_finds_annotations_instances_json(tmp_path):
+    write_coco(tmp_path, ann_name="instances.json")
+    assert CocoDataset.from_root(tmp_path).ann_file == tmp_path / "annotations" / "instances.json"
+
+
 def _bad(tmp_path, text):
     ann = write_coco(tmp_path)
     ann.write_text(text)
@@ -113,11 +118,28 @@ def test_unknown_category_in_annotations(tmp_path):
         CocoDataset(tmp_path / "images", ann)
 
 
-@pytest.mark.parametrize("bbox", [[0, 0, 1], [0, -1, 2, 2], ["0", 0, 1, 1], None, [0, 0, float("nan"), 1]])
+@pytest.mark.parametrize("bbox", [[0, 0, 1], [0, -1, 2, 2], ["0", 0, 1, 1], None, [0, 0, float("nan"), 1], [0, 0, 0, 1]])
 def test_bad_bbox(tmp_path, bbox):
     ann = write_coco(tmp_path, annotations=[{"id": 1, "image_id": 3, "category_id": 1, "bbox": bbox}])
-    with pytest.raises(DataError, match=r"instances_val\.json: annotations\[0\] \(id 1\) has bbox .*4 non-negative"):
+    with pytest.raises(DataError, match=r"instances_val\.json: annotations\[0\] \(id 1\) has bbox .*positive width and height"):
         CocoDataset(tmp_path / "images", ann)
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [("id", r"annotations\[0\] needs an integer 'id'"), ("area", r"\(id 1\) needs 'area'"), ("iscrowd", r"\(id 1\) needs 'iscrowd', 0 or 1")],
+)
+def test_what_pycocotools_reads_of_an_annotation_is_required(tmp_path, key, message):
+    ann = {"id": 1, "image_id": 3, "category_id": 1, "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0}
+    del ann[key]
+    with pytest.raises(DataError, match=r"instances_val\.json: .*" + message):
+        CocoDataset(tmp_path / "images", write_coco(tmp_path, annotations=[ann]))
+
+
+def test_duplicate_annotation_ids(tmp_path):
+    anns = [{"id": 4, "image_id": 3, "category_id": 1, "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0}] * 2
+    with pytest.raises(DataError, match=r"annotations\[1\] \(id 4\) has the id of annotations\[0\]"):
+        CocoDataset(tmp_path / "images", write_coco(tmp_path, annotations=anns))
 
 
 def test_no_images(tmp_path):
@@ -167,6 +189,15 @@ def test_truncated_jpg_named(tmp_path):
     p.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match=r"t\.jpg"):
         read_image(p)
+
+
+def test_an_empty_or_foreign_file_says_what_an_image_is(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "notes.jpg").write_text("not a picture")
+    with pytest.raises(DataError, match=r"empty\.jpg is empty \(0 bytes\); expected a JPEG, PNG"):
+        read_image(tmp_path / "empty.jpg")
+    with pytest.raises(DataError, match=r"notes\.jpg: not an image file PIL can decode .*expected a JPEG, PNG"):
+        read_image(tmp_path / "notes.jpg")
 
 
 def test_grayscale_and_rgba_become_rgb(tmp_path):

@@ -48,6 +48,13 @@ def test_perfect_predictions_score_one(ann_file: Path) -> None:
     assert result.n_detections == 3
 
 
+def test_an_instances_file_with_a_utf8_bom_scores_as_without(ann_file: Path) -> None:
+    # Editors on Windows write one; pycocotools' own COCO(path) would fail on it after the model ran.
+    ann_file.write_bytes(b"\xef\xbb\xbf" + ann_file.read_bytes())
+    preds = {1: det([[10, 10, 60, 50], [100, 20, 160, 80]], [0.9, 0.8], [0, 1]), 2: det([[0, 0, 120, 90]], [0.7], [1])}
+    assert evaluate_coco(ann_file, preds, category_ids=[3, 7]).metrics["map50_95"] == pytest.approx(1.0)
+
+
 def test_wrong_class_halves_the_mean(ann_file: Path) -> None:
     preds = {
         # the cat called a dog, with the lowest score: a false positive ranked after every true dog

@@ -68,8 +68,10 @@ def category_ids_for_model(categories: list[dict], nc: int) -> list[int]:
             )
         return list(COCO80_TO_91)
     if len(categories) > nc:
+        names = ", ".join(str(c["name"]) for c in _sorted(categories)[:10]) + (", ..." if len(categories) > 10 else "")
         raise DataError(
-            f"the dataset has {len(categories)} categories but the model predicts only nc={nc} classes"
+            f"the dataset has {len(categories)} categories ({names}) but the model predicts only nc={nc} classes: "
+            f"evaluate a model of at least {len(categories)} classes, or a dataset of at most {nc} categories"
         )
     return [c["id"] for c in _sorted(categories)]
 

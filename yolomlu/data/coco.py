@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 __all__ = ["MAX_IMAGE_PIXELS", "DataError", "CocoDataset", "read_image"]
 
@@ -34,29 +36,46 @@ def read_image(path: Path) -> np.ndarray:
     to 8 bits (their full range onto 0..255), not clipped (PIL's plain conversion would turn every
     value above 255 white). EXIF orientation is deliberately not applied (the COCO convention:
     annotations refer to the stored pixel grid). Raises DataError naming the file when it is
-    missing, corrupt, truncated, or larger than :data:`MAX_IMAGE_PIXELS`.
+    missing, empty, not an image, corrupt, truncated, or larger than :data:`MAX_IMAGE_PIXELS`.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"image file {path} is empty (0 bytes); expected {_FORMATS}")
     try:
         # PIL opens lazily: decoding errors (truncated or corrupt data) only surface in load()/convert(),
-        # so both stay inside the try. The size is known before decoding.
-        with Image.open(path) as im:
-            if im.width * im.height > MAX_IMAGE_PIXELS:
-                raise DataError(
-                    f"image {path} is {im.width}x{im.height} ({im.width * im.height / 1e6:.0f} megapixels): larger than "
-                    f"the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels yolomlu decodes; downscale it first"
-                )
-            im.load()
-            arr = _to_rgb8(im)
+        # so both stay inside the try. The size is known before decoding. PIL's own size guard warns
+        # (on stderr) from 89 megapixels: ours refuses sooner, in one line.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    raise DataError(_too_large(path, f"{im.width}x{im.height} ({im.width * im.height / 1e6:.0f} megapixels)"))
+                im.load()
+                arr = _to_rgb8(im)
     except DataError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from e
+    except Image.DecompressionBombError as e:  # so large that PIL refuses to open it at all
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise DataError(_too_large(path, f"{int(pixels[1]) / 1e6:.0f} megapixels" if pixels else "too large for PIL")) from e
+    except UnidentifiedImageError as e:
+        raise DataError(f"cannot read image {path}: not an image file PIL can decode (corrupt, or another kind of file); expected {_FORMATS}") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"cannot read image {path} (truncated or corrupt): {e}") from e
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.size == 0:
         raise DataError(f"image {path} decoded to an unusable array of shape {arr.shape}")
     return arr
+
+
+_FORMATS = "a JPEG, PNG, BMP, WebP or TIFF image"
+
+
+def _too_large(path: Path, size: str) -> str:
+    return (
+        f"image {path} is {size}: larger than the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels yolomlu decodes; "
+        "downscale it first"
+    )
 
 
 def _to_rgb8(im: Image.Image) -> np.ndarray:
@@ -122,10 +141,18 @@ def _parse(ann_file: Path) -> tuple[bytes, dict[int, dict], dict[int, list[dict]
         categories[cat["id"]] = cat
 
     by_image: dict[int, list[dict]] = {i: [] for i in images}
+    ann_ids: dict[int, int] = {}  # annotation id -> its index
     for k, ann in enumerate(data["annotations"]):
         where = f"annotations[{k}]" + (f" (id {ann.get('id')})" if isinstance(ann, dict) and "id" in ann else "")
         if not isinstance(ann, dict):
             raise DataError(f"annotation file {ann_file}: {where} must be an object, got {ann!r}")
+        # pycocotools indexes annotations by id and reads 'area' and 'iscrowd' of every one: without
+        # them it fails after the whole model has run, with a bare KeyError.
+        if not _is_int(ann.get("id")):
+            raise DataError(f"annotation file {ann_file}: {where} needs an integer 'id', got {ann.get('id')!r}")
+        if ann["id"] in ann_ids:
+            raise DataError(f"annotation file {ann_file}: {where} has the id of annotations[{ann_ids[ann['id']]}]; ids must be unique")
+        ann_ids[ann["id"]] = k
         image_id = ann.get("image_id")
         if image_id not in by_image:
             raise DataError(f"annotation file {ann_file}: {where} has image_id {image_id!r}, which is not in 'images'")
@@ -135,10 +162,20 @@ def _parse(ann_file: Path) -> tuple[bytes, dict[int, dict], dict[int, list[dict]
                 f"which is not in 'categories' (ids {sorted(categories)})"
             )
         bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) and v >= 0 for v in bbox)):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)) or not (
+            bbox[0] >= 0 and bbox[1] >= 0 and bbox[2] > 0 and bbox[3] > 0
+        ):
             raise DataError(
-                f"annotation file {ann_file}: {where} has bbox {bbox!r}; expected 4 non-negative numbers [x, y, w, h]"
+                f"annotation file {ann_file}: {where} has bbox {bbox!r}; expected 4 numbers [x, y, w, h] "
+                "with x, y >= 0 and a positive width and height"
             )
+        if not (_is_number(ann.get("area")) and ann["area"] >= 0):
+            raise DataError(
+                f"annotation file {ann_file}: {where} needs 'area', the object's area in pixels (w * h for a box), "
+                f"a non-negative number; got {ann.get('area')!r}"
+            )
+        if ann.get("iscrowd") not in (0, 1):
+            raise DataError(f"annotation file {ann_file}: {where} needs 'iscrowd', 0 or 1; got {ann.get('iscrowd')!r}")
         by_image[image_id].append(ann)
 
     cats_sorted = [dict(categories[i]) for i in sorted(categories)]
@@ -175,7 +212,7 @@ class CocoDataset:
         """Open ``root`` holding ``images/`` and one instances file.
 
         The instances file is ``root/annotations/instances_<split>.json`` (``split`` given, or the only such
-        file) or ``root/instances.json``. If ``root/images/<split>/`` exists (the official COCO layout,
+        file), ``root/annotations/instances.json`` or ``root/instances.json``. If ``root/images/<split>/`` exists (the official COCO layout,
         e.g. ``images/val2017``), images are read from there, otherwise from ``root/images/``.
         """
         root = Path(root)
@@ -183,15 +220,15 @@ class CocoDataset:
             raise DataError(f"dataset root not found: {root}")
         pattern = f"instances_{split}.json" if split else "instances_*.json"
         found = sorted((root / "annotations").glob(pattern))
-        if not split and (root / "instances.json").is_file():
-            found.append(root / "instances.json")
+        plain = [] if split else [root / "annotations" / "instances.json", root / "instances.json"]
+        found += [p for p in plain if p.is_file()]
         if not found:
-            looked = [str(root / "annotations" / pattern)] + ([] if split else [str(root / "instances.json")])
-            raise DataError(f"no COCO instances file in {root}: looked for {' and '.join(looked)}")
+            looked = [str(root / "annotations" / pattern)] + [str(p) for p in plain]
+            raise DataError(f"no COCO instances file in {root}: looked for {', '.join(looked)}")
         if len(found) > 1:
             raise DataError(
-                f"several instances files in {root}: {[str(p) for p in found]}; pick one with split=... "
-                "or construct CocoDataset(images_dir, ann_file)"
+                f"several instances files in {root}: {[str(p) for p in found]}; keep only the one to evaluate "
+                "(in Python: CocoDataset.from_root(root, split=...) or CocoDataset(images_dir, ann_file))"
             )
         ann_file = found[0]
         images_dir = root / "images"

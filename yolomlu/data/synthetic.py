@@ -394,7 +394,7 @@ def dataset_stats(ann_file: Path, image_ids: Iterable[int] | None = None) -> dic
     """
     ann_file = Path(ann_file)
     try:
-        data = json.loads(ann_file.read_text())
+        data = json.loads(ann_file.read_bytes())  # bytes: a UTF-8 BOM is fine, as in the dataset's validator
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read annotation file {ann_file}: {e}") from e
     keep = None if image_ids is None else set(image_ids)

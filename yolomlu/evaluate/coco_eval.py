@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,11 @@ def evaluate_coco(ann_file: Path, predictions: dict[int, Detections], category_i
 
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet):  # pycocotools prints progress to stdout
-        gt = COCO(str(ann_file))
+        # Parsed as the dataset's validator parsed it (json.loads of the bytes: a UTF-8 BOM or a
+        # locale that is not UTF-8 is fine), not by COCO(path), which opens it as locale text.
+        gt = COCO()
+        gt.dataset = json.loads(Path(ann_file).read_bytes())
+        gt.createIndex()
     results = to_coco_results(predictions, category_ids)
     names = {c["id"]: c["name"] for c in gt.loadCats(gt.getCatIds())}
     n_gt = {cid: len(gt.getAnnIds(catIds=[cid], imgIds=list(predictions), iscrowd=None)) for cid in names}

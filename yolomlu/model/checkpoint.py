@@ -401,7 +401,8 @@ def _open_restricted(path: Path) -> Any:
         raise
     except Exception as e:
         raise CheckpointError(
-            f"cannot read checkpoint {path} (truncated or corrupt?): {type(e).__name__}: {e}"
+            f"cannot read checkpoint {path} (truncated or corrupt?); expected a file written by torch.save "
+            f"(a YOLOv5 .pt or a state_dict): {type(e).__name__}: {e}"
         ) from e
 
 

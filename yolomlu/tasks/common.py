@@ -353,12 +353,21 @@ def validate_config(cfg: DictConfig) -> None:
     if not isinstance(cfg.model.nc, int) or cfg.model.nc < 1:
         raise ValueError(f"model.nc={cfg.model.nc!r} must be a positive integer")
     choose(cfg.data.name, DATASETS, "data.name")
-    eval_nms(cfg)
-    bench_nms(cfg)
-    for key in ("eval.batch_size", "bench.batch_size", "bench.iters"):
+    max_images = cfg.data.max_images
+    if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
+        raise ValueError(f"data.max_images={max_images!r} must be a positive integer or null (null: every image)")
+    # The thresholds by their full keys (NmsSettings would refuse them too, naming neither group nor key).
+    for group in ("eval", "bench", "detect"):
+        for key in ("conf_thres", "iou_thres"):
+            value = cfg[group][key]
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{group}.{key}={value!r} must be a number between 0 and 1")
+    for key in ("eval.batch_size", "bench.batch_size", "bench.iters", "eval.max_det", "eval.max_candidates", "bench.max_det", "detect.max_det"):
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{key}={value!r} must be a positive integer")
+    eval_nms(cfg)
+    bench_nms(cfg)
     if not isinstance(cfg.eval.parity_images, int) or cfg.eval.parity_images < 0:
         raise ValueError(f"eval.parity_images={cfg.eval.parity_images!r} must be a non-negative integer")
     transform_names(cfg)
@@ -377,6 +386,35 @@ def validate_config(cfg: DictConfig) -> None:
             f"quant.scheme={settings.qconfig.scheme} cannot run on backend={cfg.backend.name}, which takes "
             f"{list(schemes) or 'no quantization'}" + (f": set quant.scheme={schemes[0]}" if schemes else "")
         )
+    _check_stem_and_transforms(cfg, settings)
     # Constructing a runner is cheap and checks every backend setting; so is handing it the quant settings.
     make_runner(cfg, torch.nn.Identity())
     check_quantization(cfg)
+
+
+def _check_stem_and_transforms(cfg: DictConfig, settings) -> None:
+    """Refuse, from the architecture file alone (no model is built), a rewrite the model has nothing
+    for and an MLU firstconv on a Focus stem: each would otherwise fail only after the model, the
+    data and the reference outputs were made."""
+    from yolomlu.model import load_arch
+
+    rows = [row for part in ("backbone", "head") for row in load_arch(cfg.model.arch)[1][part]]
+    modules = {row[2] for row in rows}
+    model = f"model {cfg.model.name} (arch {cfg.model.arch})"
+    if cfg.transforms.focus_to_conv and "Focus" not in modules:
+        raise ValueError(
+            f"transforms.focus_to_conv=true but {model} has no Focus stem to rewrite: it already starts with the "
+            "6x6 stride-2 conv the rewrite makes. Set transforms.focus_to_conv=false, or choose a v5.0 model (*_v5)"
+        )
+    if cfg.transforms.spp_to_sppf and "SPP" not in modules:
+        raise ValueError(
+            f"transforms.spp_to_sppf=true but {model} has no SPP to rewrite: it already has SPPF. Set "
+            "transforms.spp_to_sppf=false, or choose a v5.0 model (*_v5)"
+        )
+    q = settings.qconfig
+    if settings.enabled and q.firstconv and q.scheme.startswith("mlu") and rows[0][2] == "Focus" and not cfg.transforms.focus_to_conv:
+        raise ValueError(
+            f"quant.firstconv=true needs a first conv on 1, 3 or 4 input channels, but {model} starts with a Focus "
+            "stem on 12 (the 4 pixel phases of RGB stacked): set transforms.focus_to_conv=true (the equivalent 6x6 "
+            "conv on 3 channels) or quant.firstconv=false"
+        )

@@ -37,7 +37,16 @@ def describe(exc: BaseException) -> str | None:
     """One line for an expected error (None for anything else, which deserves its traceback).
 
     Config errors name the full key and what it takes; the others give their own message, which
-    names the file, value or setting (the workbench's errors are written that way)."""
+    names the file, value or setting (the workbench's errors are written that way). A message of
+    several lines (a checkpoint mismatch lists keys and a hint below its first line) is joined
+    into one with '; ': the line is what scripts and logs keep."""
+    message = _describe(exc)
+    if message is None:
+        return None
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def _describe(exc: BaseException) -> str | None:
     from hydra.errors import HydraException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
@@ -55,7 +64,9 @@ def describe(exc: BaseException) -> str | None:
             return f"config error: {key}: {_first_line(cause.msg)}" + (f" ({key} takes {expected})" if expected else "")
         return f"config error: {key}: {_first_line(getattr(cause, 'msg', str(cause)))}"
     if isinstance(exc, HydraException):
-        return f"config error: {' '.join(str(exc).split())}"
+        # Hydra's "Could not find 'model/yolov9'" lists the options, then its search path: not the user's concern.
+        text = str(exc).split("\nConfig search path")[0]
+        return f"config error: {' '.join(text.split())}"
     if isinstance(exc, (ValueError, OSError, BackendError, LookupError)):
         text = str(exc) if not isinstance(exc, KeyError) else str(exc.args[0] if exc.args else exc)
         return f"{type(exc).__name__}: {text}"
@@ -92,12 +103,16 @@ def _schema_type(full_key: str) -> str | None:
     """The type the schema gives ``full_key`` (``int``, ``Optional[float]``), where one schema says."""
     from dataclasses import fields
 
+    from yolomlu.tasks import schema
+
     parts = full_key.split(".")
     node = _schema_node(parts[:-1])
-    if node is None:
-        return None
-    types = {f.name: str(f.type) for f in fields(node)}
-    return types.get(parts[-1])
+    if node is not None:
+        return {f.name: str(f.type) for f in fields(node)}.get(parts[-1])
+    if len(parts) == 2:  # a group of several schemas (data=shapes|coco): the type they all give the key
+        found = {str(f.type) for group, _, option in schema.SCHEMAS if group == parts[0] for f in fields(option) if f.name == parts[1]}
+        return found.pop() if len(found) == 1 else None
+    return None
 
 
 def _known_keys_hint(full_key: str) -> str:
