@@ -78,6 +78,28 @@ def test_mlu_preset_composes_with_int8_and_names_its_command(compose_cfg, preset
     assert Path(runner.work_dir).name == "exports"
 
 
+MLU_SWEEPS = sorted(p.stem for p in (ROOT / "experiments" / "sweep").glob("mlu_*.yaml"))
+
+
+@pytest.mark.parametrize("sweep", MLU_SWEEPS)
+def test_mlu_sweep_composes_with_its_header_command(sweep: str) -> None:
+    """The command in the header, backend.python included, composes for the sweep's parent and every job."""
+    from hydra import compose, initialize_config_dir
+
+    text = (ROOT / "experiments" / "sweep" / f"{sweep}.yaml").read_text()
+    (line,) = [line for line in text.splitlines() if f"python -m yolomlu experiments/sweep={sweep}" in line]
+    args = line.split("python -m yolomlu", 1)[1].split()
+    assert "backend.python=/opt/cambricon/venv/bin/python" in args and "NOT RUN ON MLU HARDWARE" in text
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        parent = compose("config", overrides=args, return_hydra_config=True)
+        params = {key: str(values).split(",") for key, values in parent.hydra.sweeper.params.items()}
+        assert set(params["experiments"]) <= set(MLU_PRESETS)
+        for preset in params["experiments"]:
+            job = compose("config", overrides=[*args, f"experiments={preset}"])
+            validate_config(job)
+            assert job.backend.name == "mlu_legacy" and job.backend.python == "/opt/cambricon/venv/bin/python"
+
+
 def _header_command(preset: str) -> list[str]:
     """The command line a preset's header gives, as a list of arguments after ``python -m yolomlu``."""
     text = (ROOT / "experiments" / f"{preset}.yaml").read_text()
