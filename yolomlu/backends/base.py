@@ -139,6 +139,13 @@ class Runner(abc.ABC):
         they do. A stand-in for an SDK that computes nothing like the device says so here."""
         return None
 
+    def accuracy_prediction(self) -> tuple[str, str] | None:
+        """(tag value, why) when this (active) runner's outputs are a prediction of the target's, not
+        the target's own: a stand-in that emulates the device's numerics. The job then logs its mAP
+        tagged ``accuracy=<tag value>`` (e.g. ``predicted_standin``), never as measured. None: the
+        outputs are the target's."""
+        return None
+
     def threads_in_use(self) -> int:
         """CPU threads the engine computes with (for judging the CPU time a timing took)."""
         return torch.get_num_threads()

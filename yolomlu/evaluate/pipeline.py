@@ -48,9 +48,10 @@ class NmsSettings:
 
 def device_nms(buffer_format) -> NmsSettings:
     """The host NMS that matches what a device's own decode + NMS was compiled with (its score and
-    IoU thresholds, one class per box, at most ``max_box_num`` boxes): the reference to compare a
-    detection buffer against."""
-    return NmsSettings(buffer_format.conf_thres, buffer_format.iou_thres, max_det=buffer_format.max_box_num)
+    IoU thresholds, one class per box or every class above the threshold as the format says, at most
+    ``max_box_num`` boxes): the reference to compare a detection buffer against."""
+    multi_label = bool(getattr(buffer_format, "multi_label", False))
+    return NmsSettings(buffer_format.conf_thres, buffer_format.iou_thres, max_det=buffer_format.max_box_num, multi_label=multi_label)
 
 
 def preprocess(images: list[np.ndarray], img_size: int, stride: int = 32) -> tuple[torch.Tensor, list[LetterboxInfo]]:

@@ -104,6 +104,9 @@ class DetectionBufferFormat:
     max_box_num: boxes per block (the op's max_box_num); img_h, img_w: network input size;
     coords: "pixels" or "normalized"; conf_thres, iou_thres: the thresholds the device applied (log them:
     they replace the job's NMS settings for this backend).
+    multi_label: the device keeps a box under every class whose score passes (NMS by class, as the
+    yolov3 plugin does: CambriconECO/BANGC_Yolov3_Tutorial ``common/include/cnplugin.h``); the host
+    decode + NMS it is compared with (``yolomlu.evaluate.pipeline.device_nms``) does the same.
     """
 
     max_box_num: int
@@ -112,6 +115,7 @@ class DetectionBufferFormat:
     coords: str = "pixels"
     conf_thres: float = 0.25
     iou_thres: float = 0.45
+    multi_label: bool = True
 
     def __post_init__(self) -> None:
         if self.coords not in COORDS:

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from yolomlu.report.compare import comparison_table, repeat_table
+from yolomlu.report.compare import comparison_table, repeat_table, standin_timed
+from yolomlu.report.deploy import deploy_frame, deploy_plot, deploy_title, throughput_table
 from yolomlu.report.plots import pareto_plot, per_class_plot, profile_plots, repeat_plot
 from yolomlu.report.render import CSV_NAME, figure_filename, write_report
 from yolomlu.report.search import search_sections
@@ -70,10 +71,12 @@ def load_tables(settings: TrackingSettings, table: pd.DataFrame, artifact: str) 
 def build_figures(
     table: pd.DataFrame, per_class: dict[str, pd.DataFrame], profiles: dict[str, pd.DataFrame]
 ) -> dict[str, Figure]:
-    """Section title -> Figure, leaving out what no run logged."""
+    """Section title -> Figure, leaving out what no run logged. Runs timed on a stand-in of the device's
+    SDK stay off the Pareto plot: their fps are CPU times, not the device's speed."""
     figures = {}
-    if (table["status"].eq("FINISHED") & table["fps"].notna()).any():
-        figures[PARETO_TITLE] = pareto_plot(table)
+    timed = table[~standin_timed(table)]
+    if (timed["status"].eq("FINISHED") & timed["fps"].notna()).any():
+        figures[PARETO_TITLE] = pareto_plot(timed)
     if per_class:
         figures[PER_CLASS_TITLE] = per_class_plot(per_class)
     if profiles:
@@ -122,6 +125,12 @@ def build_report(settings: TrackingSettings, parent_run_id: str | None, out_dir:
     per_class = load_tables(settings, table, PER_CLASS_ARTIFACT)
     profiles = load_tables(settings, table, PROFILE_ARTIFACT)
     figures = build_figures(table, per_class, profiles)
+    sections = []
+    deploy = deploy_frame(table, runs)
+    if deploy is not None:  # a deployment sweep (core_number x batch size): MagicMind-style throughput
+        figures[deploy_title(deploy)] = deploy_plot(deploy)
+        sections.append((f"{deploy_title(deploy)}: fps (device fps in brackets where the SDK printed hardware times)",
+                         throughput_table(deploy)))  # fmt: skip
 
     notes = [f"Runs: {chosen}, store {settings.uri}; written {time.strftime('%Y-%m-%d %H:%M:%S')}."]
     spread = None
@@ -139,7 +148,7 @@ def build_report(settings: TrackingSettings, parent_run_id: str | None, out_dir:
         notes.append(f"no run logged {PROFILE_ARTIFACT}: no layer-profile charts")
     title = f"yolomlu comparison — {settings.experiment}" + (f" / sweep {parent[:8]}" if parent else "")
     folder = report_folder(out_dir, run_label(settings, parent) if parent else f"experiment-{settings.experiment}")
-    html_path, md_path = write_report(table, figures, folder, title, notes, repeats=spread, extra=extra)
+    html_path, md_path = write_report(table, figures, folder, title, notes, repeats=spread, sections=extra + sections)
     if parent:
         files = [html_path, md_path, html_path.parent / CSV_NAME] + [html_path.parent / figure_filename(t) for t in figures]
         log_report(settings, parent, files)

@@ -32,7 +32,7 @@ DERIVED = ("delta_map50_95", "speedup_fps", "speedup_latency", "speedup_device_f
 # the table has one shape whatever the sweep measured; renderers drop the empty ones.
 COLUMNS = (
     ("run_id", "variant", "status", "baseline", "reused", "reused_from", "reused_from_sweep", "reused_from_start")
-    + ("contended", "contended_reason", "accuracy", "batch_size", "img_size")
+    + ("contended", "contended_reason", "timing_device", "accuracy", "batch_size", "img_size")
     + ACCURACY_METRICS
     + ("delta_map50_95",)
     + SPEED_METRICS
@@ -61,6 +61,11 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
       time; latency is per batch, so across batch sizes this is not a throughput ratio, fps is);
     - ``speedup_device_fps`` = device_fps / the baseline's device_fps (the forward on the device
       alone, where the backend times its device).
+
+    ``timing_device`` is the run's ``timing.device`` tag. A run timed on a stand-in of the target's SDK
+    (``standin ...``: the MLU worker on the torch_mlu stand-in, whose times are this machine's CPU
+    times) gets no speed-ups, and none are computed against such a baseline: its fps are shown, never
+    compared.
 
     The baseline is the FINISHED run tagged ``baseline=true`` (several: the first measured, not
     reused, one). Without one the derived columns are NaN. FAILED and KILLED runs are kept, with
@@ -95,6 +100,7 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     table["reused_from_start"] = tag("reused_from_start").fillna("").astype(str)
     table["contended"] = tag("contended").fillna("").astype(str).str.lower() == "true"
     table["contended_reason"] = tag("contended_reason").fillna("").astype(str)
+    table["timing_device"] = tag("timing.device").fillna("").astype(str)
     maps = metric("map50_95")
     accuracy = tag("accuracy")
     table["accuracy"] = accuracy.where(accuracy.notna(), maps.notna().map({True: "measured", False: "off"})).astype(str)
@@ -119,6 +125,9 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
         table["speedup_fps"] = table["fps"] / base["fps"]
         table["speedup_latency"] = base["latency_ms_p50"] / table["latency_ms_p50"]
         table["speedup_device_fps"] = table["device_fps"] / base["device_fps"]
+        standin = standin_timed(table)
+        speedups = ["speedup_fps", "speedup_latency", "speedup_device_fps"]
+        table.loc[standin | bool(standin.loc[reference]), speedups] = math.nan
 
     # Baseline first, then the sweep's order.
     order = sorted(table.index, key=lambda i: (not table.at[i, "baseline"], i))
@@ -132,8 +141,22 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
         were = "results were" if n > 1 else "result was"
         notes.append(f"{n} {were} reused from earlier runs of the same sweep with the same config_hash, not measured again")
     notes += contention_notes(table)
+    timed = standin_timed(table) & table["fps"].notna()
+    if timed.any():
+        notes.append(
+            f"STAND-IN TIMES: {int(timed.sum())} runs were timed on a stand-in of the device's SDK ({', '.join(table.loc[timed, 'variant'])}): "
+            "their fps and latencies are this machine's CPU times, not the device's; no speed-ups are computed for them "
+            "and the Pareto plot leaves them out"
+        )
     table.attrs["notes"] = notes
     return table
+
+
+def standin_timed(table: pd.DataFrame) -> pd.Series:
+    """True for the rows timed on a stand-in of the target's SDK (tag ``timing.device=standin ...``)."""
+    if "timing_device" not in table:
+        return pd.Series(False, index=table.index)
+    return table["timing_device"].fillna("").astype(str).str.startswith("standin")
 
 
 def contention_notes(table: pd.DataFrame) -> list[str]:
@@ -196,7 +219,8 @@ def _first_number(runs: pd.DataFrame, names: tuple[str, ...]) -> pd.Series:
 def _dtype(column: str) -> str:
     if column in ("baseline", "reused", "contended"):
         return "bool"
-    if column in ("run_id", "variant", "status", "reused_from", "reused_from_sweep", "reused_from_start", "contended_reason", "accuracy", "error"):
+    if column in ("run_id", "variant", "status", "reused_from", "reused_from_sweep", "reused_from_start", "contended_reason",
+                  "timing_device", "accuracy", "error"):  # fmt: skip
         return "object"
     return "float64"
 

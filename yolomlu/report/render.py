@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from yolomlu.report.compare import standin_timed
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -28,6 +30,11 @@ REUSED_NOTE = (
 )
 CONTENDED_MARK = "‡"
 CONTENDED_NOTE = f"{CONTENDED_MARK} timed under contention (other work competed for the machine): speed not comparable."
+STANDIN_MARK = "§"
+STANDIN_NOTE = (
+    f"{STANDIN_MARK} timed on a stand-in of the device's SDK (the torch_mlu stand-in): fps and latencies are this "
+    "machine's CPU times, not the device's; no speed-ups are computed for them."
+)
 MISSING = "–"
 CSV_NAME = "comparison.csv"
 _TEXT_HEADERS = {"variant", "status", "accuracy", "error"}  # left-aligned; numbers align right
@@ -145,10 +152,15 @@ def format_table(table: pd.DataFrame, columns: Sequence[tuple[str, str, str]] = 
 
 
 def _marks(table: pd.DataFrame) -> list[str]:
-    """The dagger of a reused row, the double dagger of a contended one."""
+    """The dagger of a reused row, the double dagger of a contended one, the section sign of one timed on a
+    stand-in of the device's SDK."""
     reused = table["reused"].eq(True) if "reused" in table else pd.Series(False, index=table.index)
     contended = table["contended"].eq(True) if "contended" in table else pd.Series(False, index=table.index)
-    return [(REUSED_MARK if r else "") + (CONTENDED_MARK if c else "") for r, c in zip(reused, contended)]
+    standin = standin_timed(table)
+    return [
+        (REUSED_MARK if r else "") + (CONTENDED_MARK if c else "") + (STANDIN_MARK if t else "")
+        for r, c, t in zip(reused, contended, standin)
+    ]
 
 
 def footnotes(table: pd.DataFrame) -> list[str]:
@@ -163,6 +175,8 @@ def footnotes(table: pd.DataFrame) -> list[str]:
         notes.append(REUSED_NOTE.format(csv=CSV_NAME) + " " + "; ".join(sources) + ".")
     if "contended" in table and table["contended"].eq(True).any():
         notes.append(CONTENDED_NOTE)
+    if standin_timed(table).any():
+        notes.append(STANDIN_NOTE)
     return notes
 
 
@@ -197,14 +211,14 @@ def write_report(
     title: str,
     notes: Sequence[str] = (),
     repeats: pd.DataFrame | None = None,
-    extra: Sequence[tuple[str, pd.DataFrame]] = (),
+    sections: Sequence[tuple[str, pd.DataFrame]] = (),
 ) -> tuple[Path, Path]:
     """Write ``report.html`` (figures embedded), ``report.md`` with one PNG per figure beside it,
     and the raw table as ``comparison.csv``, into ``out_dir``; return (html_path, md_path).
 
     ``figures`` maps a section title to a matplotlib Figure; ``notes`` are shown under the title;
-    ``repeats`` (a repeat_table) gets a section after the variants; ``extra`` (title, display
-    table) pairs follow it.
+    ``repeats`` (a repeat_table) gets a section after the variants; ``sections`` are further
+    (title, display table) pairs after it (a search's trials, the MLU deployment throughput).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -224,7 +238,7 @@ def write_report(
         for status, base in zip(table.get("status", [""] * len(table)), table.get("baseline", [False] * len(table)))
     ]
 
-    extra = list(extra)
+    extra = list(sections)
     if repeats is not None:
         extra.insert(0, (repeats_title(repeats), format_repeats(repeats)))
 

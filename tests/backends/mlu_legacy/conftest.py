@@ -61,3 +61,42 @@ def names(calls: list[dict]) -> list[str]:
 
 def python_cmd() -> list[str]:
     return [sys.executable]
+
+
+@pytest.fixture
+def boxy_model(tiny_model):
+    """``tiny_model`` whose head is confident: objectness logits near 2 and class 0 ahead of the others, so a
+    64 px input gives boxes above YOLOv5's speed-mode threshold (0.25) at every level, under several classes,
+    more than a small buffer holds."""
+    head = tiny_model.detect
+    with torch.no_grad():
+        for conv in head.m:
+            bias = conv.bias.view(head.na, head.no)
+            bias[:, 4] = 2.0
+            bias[:, 5:] = 0.0
+            bias[:, 5] = 1.5
+    return tiny_model
+
+
+def host_emulation(model: torch.nn.Module, params: Path, qconfig: dict) -> torch.nn.Module:
+    """yolomlu's own emulation of the MLU (the torch backend's quant=int8 road) of ``model`` with the scales
+    of a quant-params file in Cambricon's layout (the worker's ``quant_params.npz`` or a ``.pth``): what the
+    stand-in should compute on the device."""
+    import copy
+
+    import numpy as np
+
+    from yolomlu.quant import QConfig, emulate_float_precision, load_quant_params, quantize_model
+
+    pth = Path(params)
+    if pth.suffix == ".npz":
+        with np.load(pth, allow_pickle=False) as npz:
+            state = {k: torch.from_numpy(np.array(npz[k])) for k in npz.files}
+        pth = pth.with_suffix(".host.pth")
+        torch.save(state, pth)
+    scales, _ = load_quant_params(pth)
+    keys = ("iteration", "use_avg", "data_scale", "mean", "std", "firstconv", "per_channel", "dtype", "mixed_layer")
+    emulated = copy.deepcopy(model).eval()
+    quantize_model(emulated, scales, QConfig(**{k: qconfig[k] for k in keys if k in qconfig}))
+    emulate_float_precision(emulated, "float16")
+    return emulated

@@ -126,3 +126,72 @@ def test_decoding_is_vectorised_over_a_large_buffer() -> None:
     out = decode_detection_buffer(torch.from_numpy(buf), batch, max_box, 640, 640)
     assert [len(d) for d in out] == [max_box] * batch
     assert out[7][:, 5].tolist() == [k % 80 for k in range(max_box)]
+
+
+# -- the decoder against the CPU reference of the op ----------------------------------------------
+# yolomlu.postprocess.detection_output writes buffers by the op's documented rules; the decoder must
+# give back every box it wrote, as the buffer holds it (float16), box for box and in order.
+IMG = 64
+
+
+def as_written(boxes: torch.Tensor, coords: str) -> torch.Tensor:
+    """What a decoder can read of reference boxes [n, 6]: float16 values (x/IMG in float16, times IMG,
+    for normalized coordinates), without the boxes float16 made empty (x2 <= x1: the decoder drops
+    those, as the online demo's get_boxes does)."""
+    xyxy = boxes[:, :4]
+    xyxy = (xyxy / IMG).half().float() * IMG if coords == "normalized" else xyxy.half().float()
+    out = torch.cat((xyxy, boxes[:, 4:5].half().float(), boxes[:, 5:6]), 1)
+    return out[(out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])]
+
+
+def reference_round_trip(levels, max_box: int, coords: str, conf: float = 0.25):
+    from yolomlu.postprocess.detection_output import DetectionOutputSettings, detection_output_boxes, pack_detection_buffer
+
+    boxes = detection_output_boxes(levels, ANCHORS, 3, 18, IMG, IMG, conf, 0.45, max_box, DetectionOutputSettings(coords=coords))
+    buffer = pack_detection_buffer(boxes, max_box, IMG, IMG, coords)
+    return boxes, decode_detection_buffer(buffer, len(boxes), max_box, IMG, IMG, coords)
+
+
+ANCHORS = [10, 13, 16, 30, 33, 23, 30, 61, 62, 45, 59, 119, 116, 90, 156, 198, 373, 326]
+
+
+@pytest.mark.parametrize("coords", ["pixels", "normalized"])
+def test_hand_built_maps_decode_box_for_box(coords) -> None:
+    levels = [torch.zeros(2, 24, IMG // s, IMG // s) for s in (8, 16, 32)]
+    # image 0: anchor 1 at cell (2, 3) of level 0, classes 0 and 2 pass; anchor 0 at cell (1, 1) of level 1
+    levels[0][0, 8:16, 2, 3] = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.75, 0.5, 0.0, 0.5])
+    levels[1][0, 0:8, 1, 1] = torch.tensor([0.25, 0.75, 0.5, 0.5, 1.0, 0.0, 1.0, 0.0])
+    # image 1: nothing above the threshold
+    boxes, decoded = reference_round_trip(levels, 8, coords)
+    assert [len(b) for b in boxes] == [3, 0] and [len(d) for d in decoded] == [3, 0]
+    assert boxes[0][:, 4:].tolist() == [[1.0, 1.0], [0.375, 0.0], [0.375, 2.0]]  # best first, class order on ties
+    # stride 16, anchor (30, 61): cx = (2*.25 - .5 + 1) * 16 = 16, cy = (2*.75 - .5 + 1) * 16 = 32, w 30, h 61
+    assert boxes[0][0, :4].tolist() == [1.0, 1.5, 31.0, 62.5]
+    for want, got in zip(boxes, decoded):
+        assert torch.equal(got, as_written(want, coords))
+
+
+@pytest.mark.parametrize("coords", ["pixels", "normalized"])
+@pytest.mark.parametrize("max_box", [8, 1024])
+def test_model_made_maps_decode_box_for_box(boxy_model, coords, max_box) -> None:
+    """Several images in several batches, one image empty, the buffer full (8) or not (1024)."""
+    from tests.trained_like import trained_like
+
+    model = trained_like(boxy_model)
+    head = model.detect
+    with torch.no_grad():  # trained_like re-drew the head's weights: put the confident biases back
+        for conv in head.m:
+            conv.bias.view(head.na, head.no)[:, 4] = 1.0
+    torch.manual_seed(5)
+    for batch in (3, 2):
+        with torch.no_grad():
+            levels = [y.sigmoid() for y in model(torch.rand(batch, 3, IMG, IMG))]
+        for y in levels:
+            y[1] = 0.0  # image 1 has nothing: its block must read empty
+        boxes, decoded = reference_round_trip(levels, max_box, coords)
+        counts = [len(b) for b in boxes]
+        assert counts[1] == 0 and (counts[0] == 8 if max_box == 8 else counts[0] > 8)  # full, or more than 8 fit
+        for want, got in zip(boxes, decoded):
+            expected = as_written(want, coords)
+            assert len(expected) >= len(want) - 2  # at most a sliver of boxes collapses in float16
+            assert torch.equal(got, expected)

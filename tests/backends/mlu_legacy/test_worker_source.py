@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import sys
 
+import pytest
+
 from yolomlu.backends.mlu_legacy.runner import WORKER
 
 ALLOWED_TOP_LEVEL = {"numpy", "torch", "torch_mlu"}
@@ -47,3 +49,18 @@ def test_worker_avoids_torch_apis_newer_than_1_3() -> None:
     assert not used & newer, f"{used & newer} do not exist in torch 1.3"
     keywords = {k.arg for n in ast.walk(tree) if isinstance(n, ast.Call) for k in n.keywords}
     assert not keywords & {"persistent", "weights_only", "strict_trace"}, "keyword arguments newer than torch 1.3"
+
+
+def test_vermin_finds_nothing_newer_than_python_3_6_in_the_worker() -> None:
+    """A static minimum-version check (vermin, in the dev extra): modules, functions, keyword arguments and
+    syntax of the worker that need a Python newer than the SDK's 3.6."""
+    try:
+        from vermin import Config, detect
+    except ImportError:
+        pytest.fail("vermin is not installed: it is in the dev extra (pip install -e '.[dev]')")
+    config = Config()
+    # The check can fail: a 3.8 f-string and a 3.7 keyword argument are caught.
+    assert detect("x = 1\nprint(f'{x=}')\n", config)[1] == (3, 8)
+    assert detect("import subprocess\nsubprocess.run(['ls'], capture_output=True)\n", config)[1] == (3, 7)
+    needs = detect(WORKER.read_text(encoding="utf-8"), config)[1]
+    assert needs is not None and needs <= (3, 6), f"worker.py needs Python {needs}"

@@ -1,8 +1,11 @@
 """The Cambricon MLU backend for the legacy SDK (torch 1.3 + torch_mlu ``ct`` API, MLU270/MLU220).
 
-NOT RUN ON MLU HARDWARE. This path has been exercised only against a recording stand-in of torch_mlu
-(``tests/backends/mlu_legacy/standin``) that checks the calls, their order and arguments; no number it
-produces says anything about an MLU. The first run on a real card is still to come.
+NOT RUN ON MLU HARDWARE. This path has been exercised only against a stand-in of torch_mlu
+(``tests/backends/mlu_legacy/standin``) that records the calls (the tests check them, their order and
+arguments against Cambricon's samples) and emulates the device's numerics with yolomlu's own
+quantization emulation and a CPU reference of ``yolov5_detection_output``. Accuracy measured through it
+is a *prediction* (:meth:`MluLegacyRunner.accuracy_prediction`, tag ``accuracy=predicted_standin``); its
+times are this machine's CPU times. The first run on a real card is still to come.
 
 The SDK's Python (3.6/3.7, torch 1.3) cannot share this workbench's environment, so the runner drives a
 self-contained device worker (``worker.py``) in the SDK's environment through a configured command
@@ -22,6 +25,15 @@ and replies also pass as single JSON lines over its stdin/stdout.
 In offline mode the ``.cambricon`` file (+ ``_twins`` description) is written and returned as
 :attr:`artifact`; the batches are still run through the traced graph in the worker (running the file
 itself needs the CNRT runtime, a C++ program).
+
+Device time and profiles: what the SDK prints with its switches on (``backend.env``:
+``CNRT_GET_HARDWARE_TIME``, ``CNML_PRINT_INFO``; ``GLOG_logtostderr=1`` for glog lines) lands in
+``worker.log``. After each batch the runner reads that batch's share of the log: a hardware time
+there becomes :attr:`last_device_seconds` (the job's ``device_ms``/``device_fps``), a layer-type
+summary or per-layer times become :meth:`profile`'s table (``profile.py`` lists the documented
+formats). Where the log holds none (the stand-in never writes any), no device time is logged and a
+profile asked for (``bench.profile=true``) fails the job's timing stage saying so: the MLU presets keep
+``bench.profile: false``.
 
 The call sequences follow Cambricon's public samples: CambriconECO/Pytorch_Yolov5_Inference
 (``quantize_online/quant.py``: ``quantize_dynamic_mlu(..., gen_quant=True)`` + a CPU forward + saving the
@@ -60,6 +72,7 @@ from torch import nn
 from yolomlu.backends.base import BackendError, Runner
 from yolomlu.backends.mlu_legacy.config_ini import render_config_ini
 from yolomlu.backends.mlu_legacy.model_export import export_model, save_export
+from yolomlu.backends.mlu_legacy.profile import device_seconds, layer_profile, read_log
 from yolomlu.postprocess.mlu_buffer import COORDS, DetectionBufferFormat
 from yolomlu.processes import preexec_die_with_parent
 from yolomlu.quant.emulate import resolve_layers
@@ -210,6 +223,8 @@ class MluLegacyRunner(Runner):
         self._output_dtype: str | None = None
         self._failed = False
         self._job_quant: dict[str, Any] = {}
+        self._log_offset = 0  # where the worker log's next batch share starts
+        self._device_time_source: str | None = None  # which documented SDK line the device times came from
 
     # -- calibration -------------------------------------------------------------------------
     def set_quantization(self, settings: QuantSettings, calibration: Iterable[torch.Tensor]) -> None:
@@ -266,6 +281,7 @@ class MluLegacyRunner(Runner):
         self.job_dir = (self.work_dir / "mlu_legacy" / folder).resolve()
         self.job_dir.mkdir(parents=True)
         (self.job_dir / "requests").mkdir()
+        self._log_offset, self._device_time_source = 0, None
         shutil.copyfile(WORKER, self.job_dir / "worker.py")
         save_export(self.model, self.job_dir)
         if staged is not None:
@@ -512,6 +528,13 @@ class MluLegacyRunner(Runner):
         return self._exchange(batch)[0]
 
     def _exchange(self, batch: torch.Tensor) -> tuple[list[torch.Tensor], float]:
+        outputs, seconds, _ = self._exchange_logged(batch)
+        return outputs, seconds
+
+    def _exchange_logged(self, batch: torch.Tensor) -> tuple[list[torch.Tensor], float, str]:
+        """One batch through the worker: outputs, the worker's seconds, and what the SDK wrote to the log
+        meanwhile (its hardware time becomes :attr:`last_device_seconds`, None when it wrote none)."""
+        _, self._log_offset = read_log(self.job_dir / "worker.log", self._log_offset)  # skip what came before
         self._next_id += 1
         rid = self._next_id
         name = f"requests/in_{rid:06d}.npy"
@@ -535,13 +558,29 @@ class MluLegacyRunner(Runner):
             (self.job_dir / name).unlink(missing_ok=True)
             path.unlink(missing_ok=True)
         self._output_dtype = reply["dtype"].removeprefix("torch.")
-        return outputs, float(reply["seconds"])
+        text, self._log_offset = read_log(self.job_dir / "worker.log", self._log_offset)
+        found = device_seconds(text)
+        self.last_device_seconds = found[0] if found else None
+        if found:
+            self._device_time_source = found[1]
+        return outputs, float(reply["seconds"]), text
 
     def accuracy_caveat(self) -> str | None:
-        if self._ready.get("standin"):
+        if self._ready.get("standin") and not self._ready.get("standin_emulates"):
             return (
-                f"torch_mlu here is a test stand-in ({self._ready.get('torch_mlu_file')}): it computes nothing like the "
-                "device, so these outputs predict no MLU accuracy"
+                f"torch_mlu here is a test stand-in ({self._ready.get('torch_mlu_file')}) that says it emulates nothing, "
+                "so these outputs predict no MLU accuracy"
+            )
+        return None
+
+    def accuracy_prediction(self) -> tuple[str, str] | None:
+        """("predicted_standin", why) when torch_mlu is a stand-in that emulates the device: the job's mAP
+        is then a prediction of the MLU's, never a measurement on one."""
+        emulates = self._ready.get("standin_emulates")
+        if self._ready.get("standin") and emulates:
+            return (
+                "predicted_standin",
+                f"computed by a stand-in of torch_mlu ({self._ready.get('torch_mlu_file')}), not on an MLU: {emulates}",
             )
         return None
 
@@ -557,11 +596,23 @@ class MluLegacyRunner(Runner):
         return [self._proc.pid] if self._proc is not None else []
 
     def _profile_impl(self, batch: torch.Tensor, passes: int) -> LayerProfile:
-        log = self.job_dir / "worker.log" if self.job_dir else "worker.log in the job folder"
-        raise BackendError(
-            "the mlu_legacy backend has no per-layer profile: the SDK's profiling output (enable it through "
-            f"backend.env, e.g. CNML_PRINT_INFO) goes to the worker log ({log}); set bench.profile=false"
-        )
+        """The layer-type table the SDK printed to the worker log during ``passes`` forwards of ``batch``."""
+        text = "".join(self._exchange_logged(batch)[2] for _ in range(passes))
+        profile = layer_profile(text, passes)
+        if profile is None:
+            log = self.job_dir / "worker.log"
+            if self._ready.get("standin"):
+                why = "torch_mlu here is a stand-in, which writes no profile (its times are CPU times)"
+            else:
+                why = (
+                    "switch the SDK's profiling on through backend.env (CNML_PRINT_INFO: on, CNRT_GET_HARDWARE_TIME: on; "
+                    "GLOG_logtostderr: 1 for glog lines) and check what it prints there"
+                )
+            raise BackendError(
+                f"the mlu_legacy backend has no per-layer profile: the SDK wrote neither a layer-type summary nor per-layer "
+                f"hardware times to {log} during {passes} forward(s): {why}; or set bench.profile=false"
+            )
+        return profile
 
     def evidence(self) -> dict[str, Any]:
         graph = {
@@ -571,7 +622,10 @@ class MluLegacyRunner(Runner):
         }[self.mode]
         q = self._ready.get("quant", {})
         facts: dict[str, Any] = {
-            "backend.verification": "code not yet run on MLU hardware; tested against a recording stand-in of torch_mlu",
+            "backend.verification": (
+                "code not yet run on MLU hardware; tested against a stand-in of torch_mlu that records the calls and "
+                "emulates the device's numerics"
+            ),
             "backend.sdk_command": shlex.join(self.argv) if self.argv else None,
             "backend.graph": graph,
             "backend.core_version": self.core_version,
@@ -596,9 +650,12 @@ class MluLegacyRunner(Runner):
             "backend.tfu_config": ",".join(self.tfu) if self.tfu else "none (CNML defaults)",
             "backend.cnml_optimize": self._ready.get("cnml_optimize"),
             "backend.timing": "worker: copy to device + forward + copy to host (perf_counter in the SDK process)",
+            "timing.device": self._timing_device(),
+            "backend.device_time": self._device_time_source
+            or "none: the SDK wrote no hardware time to worker.log (backend.env CNRT_GET_HARDWARE_TIME: on prints it)",
             "backend.compile_s": self._ready.get("compile_s"),
             "backend.torch_mlu_file": self._ready.get("torch_mlu_file"),
-            "backend.sdk_standin": "true (a test double of torch_mlu, not the SDK)" if self._ready.get("standin") else None,
+            "backend.sdk_standin": self._standin_evidence(),
             "backend.job_dir": str(self.job_dir) if self.job_dir else None,
         }
         for key, value in self._ready.get("versions", {}).items():
@@ -615,6 +672,20 @@ class MluLegacyRunner(Runner):
             if twins.exists():
                 facts["backend.artifact_twins"] = str(twins)
         return {k: v for k, v in facts.items() if v is not None}
+
+    def _timing_device(self) -> str:
+        """What the times were taken on: the card, or this machine's CPU under a stand-in."""
+        if self._ready.get("standin"):
+            return "standin (CPU): the torch_mlu stand-in ran on this machine's CPU; not MLU time"
+        return f"{self.core_version} through the legacy SDK"
+
+    def _standin_evidence(self) -> str | None:
+        if not self._ready.get("standin"):
+            return None
+        emulates = self._ready.get("standin_emulates")
+        if emulates:
+            return f"true (an emulating test double of torch_mlu, not the SDK: {emulates})"
+        return "true (a recording test double of torch_mlu, not the SDK)"
 
 
 # -- settings helpers ----------------------------------------------------------------------------

@@ -249,6 +249,18 @@ def quant_layers(state):
     return len([k for k in state if k.endswith("quantized_mode")])
 
 
+def flush_c_stdio():
+    """Flush the C library's stdout buffer. The SDK prints its timings and profiles with printf; with fd 1
+    pointing at a file, libc holds them back until its buffer fills, and the runner reads the log for each
+    batch once the reply has come. Best effort: without libc nothing is lost but the timely read."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+
+
 def log(message):
     sys.stderr.write("[yolomlu worker] %s\n" % message)
     sys.stderr.flush()
@@ -327,6 +339,9 @@ class Worker(object):
         state, qinfo = self.quantized_state()
         net, missing, unexpected = self.deploy_model(state)
         qinfo["missing_keys"], qinfo["unexpected_keys"] = missing, unexpected
+        if unexpected:  # before the device sees a model whose layers got no parameters
+            raise ValueError("the quant-params file does not fit this model: %d of its keys match no layer (e.g. %s); "
+                             "it was made for another model or transform variant" % (len(unexpected), unexpected[:5]))
         mode = job["mode"]
         info = {"quant": qinfo, "offline_files": []}
         start = time.perf_counter()
@@ -368,6 +383,7 @@ class Worker(object):
         outs = [out] if torch.is_tensor(out) else list(out)
         host = [o.cpu() for o in outs]  # returns once the device has finished
         seconds = time.perf_counter() - start
+        flush_c_stdio()  # the SDK's printf lines of this batch (hardware time, profile) into the log now
         dtype = str(host[0].dtype)
         path = os.path.join("results", "out_%06d" % request["id"])
         if self.job.get("detection_output"):
@@ -421,8 +437,10 @@ def main(argv):
             "numpy": np.__version__,
         }
         info["torch_mlu_file"] = getattr(torch_mlu, "__file__", None)
-        # A test double of torch_mlu says so (RECORDING_STANDIN): its numbers are not the device's.
-        info["standin"] = bool(getattr(torch_mlu, "RECORDING_STANDIN", False))
+        # A test double of torch_mlu says so: RECORDING_STANDIN (not the SDK), and EMULATING_STANDIN (what it
+        # computes instead of the device: its numbers are a prediction, not the device's).
+        info["standin"] = bool(getattr(torch_mlu, "RECORDING_STANDIN", False) or getattr(torch_mlu, "EMULATING_STANDIN", None))
+        info["standin_emulates"] = getattr(torch_mlu, "EMULATING_STANDIN", None) or None
         info["cnml_optimize"] = os.environ.get("CNML_OPTIMIZE")
         channel.send("ready", **info)
         while True:

@@ -1,4 +1,4 @@
-"""RECORDING STAND-IN — not Cambricon's code; records calls so tests can check the sequence.
+"""EMULATING STAND-IN — not Cambricon's code; this part records calls so tests can check the sequence.
 
 Each call is appended as one JSON line ``{"call": name, "args": [...], "kwargs": {...}}`` to the file named
 by ``YOLOMLU_STANDIN_RECORD`` (nothing is recorded when it is unset). Tensors are summarised as

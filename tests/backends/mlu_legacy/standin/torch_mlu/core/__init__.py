@@ -1,1 +1,1 @@
-"""RECORDING STAND-IN — not Cambricon's code; records calls so tests can check the sequence."""
+"""EMULATING STAND-IN — not Cambricon's code; records calls and emulates the device's numerics."""
