@@ -21,7 +21,7 @@ PG_PORT ?= 5433
 SERVER_ALLOWED_HOSTS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run sweep report test ui server server-stop gpu-study import demo-model clean
+.PHONY: help setup run sweep report search promote gate test ui server server-stop gpu-study import demo-model clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,15 @@ sweep: $(STAMP) ## any sweep preset: PRESET=<experiments/sweep/*.yaml> (JOBS=n: 
 
 report: $(STAMP) ## comparison report of the latest sweep (HTML + Markdown in outputs/report/)
 	$(PY) -m yolomlu task=report $(ARGS)
+
+search: $(STAMP) ## multi-objective search (fps, map50_95) within an accuracy budget: SEARCH=demo, resumable
+	$(PY) -m yolomlu task=search search=$(or $(SEARCH),demo) $(ARGS)
+
+promote: $(STAMP) ## register the newest search's (or sweep's) fastest run within its budget in the Model Registry
+	$(PY) -m yolomlu task=promote $(ARGS)
+
+gate: $(STAMP) ## a candidate (source=<run id> in ARGS, else the rule) against the registered champion: exit 1 if worse
+	$(PY) -m yolomlu task=gate $(ARGS)
 
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q $(ARGS)

@@ -48,7 +48,8 @@ IMPOSSIBLE = {
     "spp-to-sppf-on-v6": (["model=yolov5n", "transforms.spp_to_sppf=true"], ["transforms.spp_to_sppf=true", "yolov5n"], ["has no SPP"]),
     "firstconv-with-focus-stem": (["quant=int8", "quant.firstconv=true"], ["quant.firstconv=true"], ["transforms.focus_to_conv=true", "quant.firstconv=false"]),
     "cudagraph-on-cpu": (["backend.compiler=cudagraph"], ["backend.compiler=cudagraph"], ["backend.device=cuda and backend.mode=fused"]),
-    "int16-on-onnxruntime": (["backend=onnxruntime", "quant=int16"], ["int16"], ["int8"]),
+    "int16-on-onnxruntime": (["backend=onnxruntime", "quant=int16", "quant.scheme=onnxruntime"], ["int16"], ["int8"]),
+    "mlu-scheme-on-onnxruntime": (["backend=onnxruntime", "quant=int8"], ["quant.scheme=mlu270", "backend=onnxruntime"], ["quant.scheme=onnxruntime"]),
     "quant-enabled-without-preset": (["quant.enabled=true"], ["quant.enabled=True"], ["quant="]),
 }
 

@@ -24,15 +24,24 @@ def search_sections(settings: TrackingSettings, parent_tags: dict, table: pd.Dat
     if len(base) and not math.isnan(max_drop) and not math.isnan(base.iloc[0]["map50_95"]):
         table.attrs["budget_map50_95"] = float(base.iloc[0]["map50_95"]) - max_drop
     if trials is not None and len(trials):
-        ran = trials[trials["state"].isin(["COMPLETE", "FAIL"])]
+        interrupted = trials["why"].fillna("").str.startswith("interrupted")
+        ran = trials[trials["state"].isin(["COMPLETE", "FAIL"]) & ~interrupted]
         pruned = trials[trials["state"] == "PRUNED"]
         infeasible = trials[(trials["state"] == "COMPLETE") & (trials["feasible"] == False)]  # noqa: E712 (a column of bools and Nones)
         seconds = pd.to_numeric(trials["seconds"], errors="coerce").sum()
         notes.append(
             f"Search {parent_tags.get('search_study', '')}: {len(ran)} trials ran ({len(infeasible)} over the budget of "
-            f"{max_drop} map50_95, {int((trials['state'] == 'FAIL').sum())} failed), {len(pruned)} combinations refused "
-            f"before any work; cost {seconds / 60:.1f} minutes of trials"
+            f"{max_drop} map50_95, {int(((trials['state'] == 'FAIL') & ~interrupted).sum())} failed), {len(pruned)} combinations refused "
+            f"before any work, {int(interrupted.sum())} interrupted; cost {seconds / 60:.1f} minutes of trials"
         )
+        done = trials[(trials["state"] == "COMPLETE") & (trials["feasible"] == True) & trials["same_as"].isna()]  # noqa: E712
+        front = [
+            row for _, row in done.iterrows()
+            if not any(o["fps"] >= row["fps"] and o["map50_95"] >= row["map50_95"] and (o["fps"], o["map50_95"]) != (row["fps"], row["map50_95"]) for _, o in done.iterrows())
+        ]  # fmt: skip
+        if front:
+            best = "; ".join(f"#{int(r['trial'])} {r['overrides']} ({r['fps']:.3g} fps, map50_95 {r['map50_95']:.4f})" for r in sorted(front, key=lambda r: -r["fps"]))
+            notes.append(f"Pareto front within the budget (fastest first): {best}")
         shown = trials[["trial", "state", "overrides", "fps", "map50_95", "drop", "feasible", "same_as", "why"]].copy()
         for column, digits in (("fps", 3), ("map50_95", 4), ("drop", 4)):
             shown[column] = [("–" if pd.isna(v) else f"{float(v):.{digits}f}") for v in shown[column]]

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from yolomlu.processes import preexec_die_with_parent
 from yolomlu.tasks.common import SWEEP_OVERRIDES_ENV
 from yolomlu.tasks.sweep import PARENT_ENV, SWEEP_KEY_ENV
 
@@ -57,7 +58,8 @@ def run_job(
             path = Path(folder) / "job.yaml"
             path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
             args = ["--config-dir", folder, "--config-name", "job", *args]
-        proc = subprocess.Popen([sys.executable, "-m", "yolomlu", *args], env=env)
+        # The job dies with this process (kill -9 included): no orphan keeps measuring into the store.
+        proc = subprocess.Popen([sys.executable, "-m", "yolomlu", *args], env=env, preexec_fn=preexec_die_with_parent)
         try:
             return proc.wait(timeout=timeout_s)
         except BaseException:

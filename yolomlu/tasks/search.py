@@ -34,6 +34,7 @@ from yolomlu.tasks import common, jobs
 from yolomlu.tracking import TrackingSettings
 
 TRIALS_ARTIFACT = "search_trials.json"
+INTERRUPTED_ATTR = "interrupted_trials"  # study attribute: trials whose search process was stopped
 # Overrides that say what the search is, not what a trial computes: they stay with the search.
 _SEARCH_KEYS = ("task=", "search=", "search.", "experiments/sweep=")
 
@@ -132,13 +133,13 @@ def search_task(cfg: DictConfig) -> dict[str, Any]:
         sampler=optuna.samplers.TPESampler(seed=s.seed, constraints_func=_constraints, multivariate=True),
         load_if_exists=True,
     )
-    _fail_orphans(study)
     parent = _parent_run(settings, name, cfg, env)
     out = common.log_stream()
     print(f"[yolomlu] search {name}: study {folder / (name + '.db')}, parent run {parent.run_id}", file=out)
     if not study.trials:
         study.enqueue_trial(baseline)
     objective = _Objective(cfg, space, base, name, parent.run_id, settings)
+    _settle_orphans(study, objective)
     start = time.time()
     status = "KILLED"
     try:
@@ -156,7 +157,11 @@ def search_task(cfg: DictConfig) -> dict[str, Any]:
     print(f"[yolomlu] search {name}: {_ran(study)} trials; feasible Pareto front (fps, map50_95):", file=out)
     for trial in front:
         print(f"  #{trial.number}: fps {trial.values[0]:.4g}, map50_95 {trial.values[1]:.4f}  {' '.join(trial.user_attrs['overrides'])}", file=out)
-    return {"trials": _ran(study), "front": len(front)}
+    from yolomlu.report import build_report
+
+    report = build_report(settings, parent.run_id, Path(cfg.report.out_dir).expanduser(), repeats=cfg.report.repeats)
+    print(f"[yolomlu] report (the front, every trial and why any was rejected): {report.html.resolve()}", file=out)
+    return {"trials": _ran(study), "front": len(front), "html": str(report.html)}
 
 
 def _baseline_choice(space: Space, asked: Mapping[str, Any]) -> dict[str, str]:
@@ -175,10 +180,12 @@ def _baseline_choice(space: Space, asked: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _ran(study) -> int:
-    """Trials that ran a job (complete or failed); pruned ones, refused before any work, do not count."""
+    """Trials that ran a job to its end (complete or failed); pruned ones, refused before any work, and
+    interrupted ones (the search was stopped during them) do not count."""
     from optuna.trial import TrialState
 
-    return sum(1 for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.FAIL))
+    interrupted = set(study.user_attrs.get(INTERRUPTED_ATTR, []))
+    return sum(1 for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.FAIL) and t.number not in interrupted)
 
 
 def _constraints(trial) -> list[float]:
@@ -186,15 +193,30 @@ def _constraints(trial) -> list[float]:
     return [trial.user_attrs.get("constraint", 1.0)]
 
 
-def _fail_orphans(study) -> None:
-    """Trials left RUNNING by a search process that is gone (killed) are failed, so the total counts them."""
+def _settle_orphans(study, objective: "_Objective") -> None:
+    """Trials left RUNNING by a search process that is gone (killed). One whose job had finished and
+    recorded both objectives before the kill is completed with them (nothing measured is lost); the
+    others are closed as failed and listed as interrupted: the study's total does not count them, so
+    the resumed search runs as many more."""
+    import optuna
     from optuna.trial import TrialState
 
-    for trial in study.trials:
-        if trial.state == TrialState.RUNNING:
-            pid = trial.user_attrs.get("search_pid")
-            if pid is None or pid == os.getpid() or not _alive(int(pid)):
-                study.tell(trial.number, state=TrialState.FAIL)
+    interrupted = list(study.user_attrs.get(INTERRUPTED_ATTR, []))
+    for frozen in study.trials:
+        if frozen.state != TrialState.RUNNING:
+            continue
+        pid = frozen.user_attrs.get("search_pid")
+        if pid is not None and pid != os.getpid() and _alive(int(pid)):
+            continue  # another search process is still at work on it
+        run = _trial_run(objective.settings, objective.parent, frozen.number)
+        if run is not None and run["status"] == "FINISHED" and run["fps"] is not None and run["map50_95"] is not None:
+            trial = optuna.trial.Trial(study, frozen._trial_id)
+            trial.set_user_attr("run_id", run["run_id"])
+            study.tell(trial, objective._score(trial, run["fps"], run["map50_95"]))
+        else:
+            study.tell(frozen.number, state=TrialState.FAIL)
+            interrupted.append(frozen.number)
+    study.set_user_attr(INTERRUPTED_ATTR, interrupted)
 
 
 def _alive(pid: int) -> bool:
@@ -257,10 +279,11 @@ class _Objective:
         trial.set_user_attr("config_hash", digest)
         earlier = self._measured(trial.study, digest)
         if earlier is not None:  # a combination that computes what an earlier trial did: its result, marked
-            from yolomlu.tracking import reuse_run
+            from yolomlu.tracking import lookup, reuse_run
 
-            tags = {"search.trial": trial.number, "search.study": self.name, "variant": " ".join(overrides)}
-            run_id = reuse_run(self.settings, earlier.user_attrs["run_id"], " ".join(overrides), parent_run_id=self.parent, tags=tags)
+            name, _ = lookup.run_metrics(self.settings, earlier.user_attrs["run_id"])  # the same variant, the same name
+            tags = {"search.trial": trial.number, "search.study": self.name}
+            run_id = reuse_run(self.settings, earlier.user_attrs["run_id"], name, parent_run_id=self.parent, tags=tags)
             trial.set_user_attr("same_as", earlier.number)
             trial.set_user_attr("run_id", run_id)
             return self._score(trial, *earlier.values)
@@ -316,6 +339,7 @@ def _trial_run(settings: TrackingSettings, parent: str, number: int) -> dict | N
 def trials_table(study, max_drop: float) -> pd.DataFrame:
     """One row per trial: number, state, choices, objectives, drop, feasible, and why it was rejected."""
     rows = []
+    interrupted = set(study.user_attrs.get(INTERRUPTED_ATTR, []))
     for t in study.trials:
         drop = t.user_attrs.get("drop")
         rows.append(
@@ -330,6 +354,7 @@ def trials_table(study, max_drop: float) -> pd.DataFrame:
                 "same_as": t.user_attrs.get("same_as"),
                 "run_id": t.user_attrs.get("run_id"),
                 "why": t.user_attrs.get("rejected") or t.user_attrs.get("failed")
+                or ("interrupted: the search was stopped during this trial (not counted)" if t.number in interrupted else "")
                 or (f"over the budget: drop {drop:.4f} > {max_drop}" if drop is not None and drop > max_drop else ""),
                 "seconds": (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None,
             }
