@@ -156,6 +156,7 @@ def export_onnx(model: nn.Module, path: str | Path, img_size: int, opset: int = 
                 do_constant_folding=True,
             )
         seconds = time.perf_counter() - start
+        _unshare_initializers(onnx, partial)
         info = check_onnx(partial, require_fp32_head=True)
         if info.output_names != tuple(output_names):
             raise BackendError(f"exported outputs {list(info.output_names)}, expected {output_names}")
@@ -166,10 +167,34 @@ def export_onnx(model: nn.Module, path: str | Path, img_size: int, opset: int = 
     return OnnxModelInfo(**{**info.__dict__, "path": path, "export_s": seconds})
 
 
+def _unshare_initializers(onnx, path: Path) -> int:
+    """Give every node its own initializer again; return how many Identity nodes that removed.
+
+    The TorchScript exporter stores identical tensors once and feeds the other users through
+    ``Identity`` nodes. With random weights every BatchNorm folds to the same zero bias, so most
+    convolutions then read their bias from an Identity: ONNX Runtime's quantizer wants biases as
+    initializers (it quantizes them to int32 and fuses Conv into QLinearConv), and in operator form
+    it fails outright. A copy per user costs a few kilobytes.
+    """
+    model = onnx.load(str(path))
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    shared = [n for n in graph.node if n.op_type == "Identity" and n.input[0] in initializers]
+    for node in shared:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(initializers[node.input[0]])
+        copy.name = node.output[0]
+        graph.initializer.append(copy)
+        graph.node.remove(node)
+    if shared:
+        onnx.save(model, str(path))
+    return len(shared)
+
+
 def cached_export(model: nn.Module, work_dir: str | Path, img_size: int, opset: int = DEFAULT_OPSET) -> OnnxModelInfo:
     """:func:`export_onnx` into ``work_dir``, reusing the file that the same model (tree and weights),
     input size, opset and torch version wrote before."""
-    key = model_fingerprint(model, img_size, opset, torch.__version__)
+    key = model_fingerprint(model, img_size, opset, torch.__version__, "unshared-initializers")
     path = Path(work_dir) / f"onnx-{key}.onnx"
     if path.is_file():
         return check_onnx(path)

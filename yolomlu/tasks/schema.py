@@ -9,10 +9,8 @@ schema too (``config_schema``, first in ``conf/config.yaml``).
 :func:`register` puts the schemas in Hydra's ConfigStore. The command line calls it before Hydra
 starts (never at import); launchers hand the ConfigStore to their workers with the rest of Hydra's
 state. Value checks that a type cannot express (choices, ranges, combinations) stay in
-``common.validate_config``.
-
-``backend.qconfig`` (mlu_legacy) copies the quant group into the backend; it is typed ``Any`` until
-that copy goes away (the other backends get the typed quant settings through the runner interface).
+``common.validate_config``. No backend group copies the ``quant`` group: every runner gets the typed
+quant settings through the runner interface (``Runner.set_quantization``).
 """
 
 from __future__ import annotations
@@ -100,7 +98,6 @@ class MluLegacyBackendConf:
     half: bool = False
     input_format: int = 0
     device_id: Optional[int] = None
-    qconfig: Any = None
     quant_params: Optional[str] = None
     detection_output: bool = False
     coords: str = "pixels"

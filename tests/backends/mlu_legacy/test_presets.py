@@ -13,6 +13,7 @@ import torch
 from yolomlu.backends import BackendError
 from yolomlu.cli import CONFIG_DIR
 from yolomlu.tasks.common import make_runner, validate_config
+from yolomlu.tasks.quant_stage import settings_of
 
 ROOT = CONFIG_DIR.parent
 MLU_PRESETS = sorted(p.stem for p in (ROOT / "experiments").glob("mlu_*.yaml"))
@@ -54,7 +55,8 @@ def runner_settings() -> list[str]:
     from yolomlu.backends.mlu_legacy import MluLegacyRunner
 
     params = inspect.signature(MluLegacyRunner).parameters
-    return [p for p in params if p not in ("model", "work_dir", "img_size")]
+    # qconfig: the Python API's shortcut for set_quantization, never a config key (the job hands its settings over)
+    return [p for p in params if p not in ("model", "work_dir", "img_size", "qconfig")]
 
 
 @pytest.mark.parametrize("preset", MLU_PRESETS)
@@ -74,6 +76,8 @@ def test_mlu_preset_composes_with_int8_and_names_its_command(compose_cfg, preset
     )
     assert cfg.quant.name == "int8" and b.detection_output == on_device and not cfg.bench.profile
     runner = make_runner(cfg, torch.nn.Identity())
+    assert not runner.quant.enabled  # the config holds no copy: the job hands the settings over
+    runner.set_quantization(settings_of(cfg), [])
     assert runner.quant.enabled and runner.quant.qconfig.firstconv is False  # the study's qconfig
     assert Path(runner.work_dir).name == "exports"
 

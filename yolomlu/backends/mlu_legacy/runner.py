@@ -103,11 +103,9 @@ class MluLegacyRunner(Runner):
         core_version: "MLU270" or "MLU220" (``ct.set_core_version``; fused/offline).
         core_number: cores the fused/offline model uses (``ct.set_core_number``): 1..16 (MLU270), 1..4 (MLU220).
         half: feed float16 inputs (the samples' ``half_input``); the model stays float, the device picks fp16.
-        qconfig: the job's ``quant`` group as a plain mapping (``yolomlu.quant.QuantSettings``): dtype and the
-            MLU qconfig keys go to ``quantize_dynamic_mlu``; ``mixed_layer`` names/patterns are resolved to
-            layer names (kept in float16); ``quant.params_file`` is used like ``quant_params``. The SDK runs
-            quantized models only, so ``None`` or ``quant=none`` is refused at :meth:`activate`; scheme
-            mlu370 and fallback_topk are refused (not what this SDK does / not applied here).
+        qconfig: for the Python API only, a ``quant`` mapping, the same as calling
+            ``set_quantization(QuantSettings.from_mapping(qconfig), [])``; a job hands its typed settings
+            over through :meth:`set_quantization` (the config holds no copy of them). See there.
         quant_params: a quant-params file (Cambricon's state_dict layout, ``.pth``/``.pt`` read with
             weights_only, or ``.npz``) to load instead of calibrating on the device side.
         detection_output: decode+NMS on the device (``yolov5_detection_output``); ``infer`` then returns
@@ -185,7 +183,8 @@ class MluLegacyRunner(Runner):
         self.core_version = core_version
         self.core_number = core_number
         self.half = bool(half)
-        self.quant = _quant_settings(qconfig)
+        self._quant_params_setting = quant_params
+        self.quant = _checked_settings(_mapping_settings(qconfig))
         self.quant_params = _params_file(quant_params, self.quant)
         self.detection_output = bool(detection_output)
         self.conf_thres, self.iou_thres, self.max_box_num = float(conf_thres), float(iou_thres), max_box_num
@@ -228,8 +227,14 @@ class MluLegacyRunner(Runner):
 
     # -- calibration -------------------------------------------------------------------------
     def set_quantization(self, settings: QuantSettings, calibration: Iterable[torch.Tensor]) -> None:
-        """The job's quant settings and calibration batches. The settings reach this runner as
-        ``qconfig`` too (checked at construction); these batches feed ``gen_quant``."""
+        """The job's quant settings and calibration batches, before :meth:`activate`. dtype and the MLU
+        qconfig keys go to ``quantize_dynamic_mlu``; ``mixed_layer`` names/patterns are resolved to layer
+        names (kept in float16); ``quant.params_file`` is used like ``quant_params``. The SDK runs
+        quantized models only, so ``quant=none`` is refused at :meth:`activate`; scheme mlu370, a
+        float_dtype other than float16, max_drop and fallback_topk are refused here, by name. The
+        batches (each float32 [b, 3, H, W] in 0..1) feed ``gen_quant``."""
+        self.quant = _checked_settings(settings)
+        self.quant_params = _params_file(self._quant_params_setting, self.quant)
         batches = list(calibration)
         if batches:
             self.set_calibration(batches)
@@ -698,13 +703,17 @@ def _command(python: str | Sequence[str] | None) -> list[str] | None:
     return argv
 
 
-def _quant_settings(qconfig: Mapping[str, Any] | None) -> QuantSettings:
+def _mapping_settings(qconfig: Mapping[str, Any] | None) -> QuantSettings:
     if qconfig is None:
         return QuantSettings()
     try:
-        settings = QuantSettings.from_mapping(qconfig)
+        return QuantSettings.from_mapping(qconfig)
     except ValueError as exc:
         raise BackendError(f"backend=mlu_legacy: {exc}") from None
+
+
+def _checked_settings(settings: QuantSettings) -> QuantSettings:
+    """``settings`` if this SDK honours them; else a BackendError naming the key."""
     if settings.enabled and settings.qconfig.scheme != "mlu270":
         raise BackendError(
             f"quant.scheme={settings.qconfig.scheme!r}: the legacy SDK (MLU270/MLU220) quantizes with step absmax/qmax "
