@@ -97,6 +97,7 @@ def test_search_killed_resumes_then_promote_reproduces_and_gate_judges(run_cli, 
     assert set(children["status"]) <= {"FINISHED", "KILLED"}  # the trial the kill stopped, closed as KILLED
     assert finished["metrics.map50_95"].notna().all() and finished["metrics.fps"].notna().all()
     assert finished["tags.search.trial"].nunique() == 6
+    assert (finished["tags.baseline"] == "true").sum() == 1  # trial 0 alone, though later trials may use its preset
     study_files = list((tmp_path / "cache" / "search").glob("*.db"))
     assert len(study_files) == 1  # one study, resumed
     report = next((tmp_path / "outputs" / "report").rglob("report.md")).read_text()

@@ -282,13 +282,15 @@ class _Objective:
             from yolomlu.tracking import lookup, reuse_run
 
             name, _ = lookup.run_metrics(self.settings, earlier.user_attrs["run_id"])  # the same variant, the same name
-            tags = {"search.trial": trial.number, "search.study": self.name}
+            tags = {"search.trial": trial.number, "search.study": self.name, "baseline": "false"}  # one baseline: trial 0
             run_id = reuse_run(self.settings, earlier.user_attrs["run_id"], name, parent_run_id=self.parent, tags=tags)
             trial.set_user_attr("same_as", earlier.number)
             trial.set_user_attr("run_id", run_id)
             return self._score(trial, *earlier.values)
         tags = {"search.trial": trial.number, "search.study": self.name}
-        jobs.run_job([*self.base, *overrides], self.parent, tags, key=self.name, shared=self.base)
+        # The study's baseline is trial 0 alone, whatever its presets say (cpu_reference sets baseline=true).
+        is_baseline = "true" if trial.number == 0 else "false"
+        jobs.run_job([*self.base, *overrides, f"baseline={is_baseline}"], self.parent, tags, key=self.name, shared=self.base)
         run = _trial_run(self.settings, self.parent, trial.number)
         if run is None or run["status"] != "FINISHED":
             error = run["error"] if run else "its job recorded no run"

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pandas is imported where it is used, so `import yolomlu.tra
 _PAGE = 1000  # runs per search_runs page (MLflow's pandas helper uses the same)
 # Command-line overrides that say where and how a job is recorded, not what it measures.
 BOOKKEEPING_OVERRIDES = (
-    "experiments/sweep=", "sweep.", "tracking.", "paths.", "report.", "hydra",
+    "experiments/sweep=", "sweep.", "tracking.", "paths.", "report.", "hydra", "baseline=",
     # Where the MLU SDK's Python is and how long to wait for it: the same variant on any box.
     "backend.python=", "backend.timeout_s=", "backend.keep_exchange=",
 )  # fmt: skip
