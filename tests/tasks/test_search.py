@@ -55,6 +55,8 @@ def _finished_children(db: Path) -> int:
 def test_space_and_comparison_rules() -> None:
     space = parse_space({"engine": {"a": ["experiments=fused"], "b": ["experiments=half"]}, "quant.per_channel": [False, True]})
     assert space.overrides({"engine": "b", "quant.per_channel": "true"}) == ["experiments=half", "quant.per_channel=true"]
+    assert space.label({"engine": "b", "quant.per_channel": "true"}) == "b per_channel=true"  # the variant's name
+    assert space.label({"engine": "a", "quant.per_channel": "false"}) == "a"  # a key's first value is left out
     with pytest.raises(ValueError, match=r"search.space.engine.a must be a list of overrides"):
         parse_space({"engine": {"a": ["fused"]}})
     with pytest.raises(ValueError, match="search.space is empty"):
@@ -98,6 +100,7 @@ def test_search_killed_resumes_then_promote_reproduces_and_gate_judges(run_cli, 
     assert finished["metrics.map50_95"].notna().all() and finished["metrics.fps"].notna().all()
     assert finished["tags.search.trial"].nunique() == 6
     assert (finished["tags.baseline"] == "true").sum() == 1  # trial 0 alone, though later trials may use its preset
+    assert finished.loc[finished["tags.baseline"] == "true", "tags.variant"].item() == "torch_eager"
     study_files = list((tmp_path / "cache" / "search").glob("*.db"))
     assert len(study_files) == 1  # one study, resumed
     report = next((tmp_path / "outputs" / "report").rglob("report.md")).read_text()

@@ -49,6 +49,13 @@ def choose_run(settings: TrackingSettings, parent: str | None, max_drop: float |
     return run_id, why
 
 
+def chosen_run(settings: TrackingSettings, source: str | None, parent: str | None, max_drop: float | None) -> tuple[str, str]:
+    """(run id, why): ``source`` when the command names a run, else the rule on the sweep ``parent``."""
+    if source is not None:
+        return str(source), f"named by source={source}"
+    return choose_run(settings, parent, max_drop)
+
+
 def run_config(settings: TrackingSettings, run_id: str) -> dict[str, Any]:
     """The resolved config a run recorded (its ``config.yaml`` artifact)."""
     with tempfile.TemporaryDirectory(prefix="yolomlu-config-") as folder:

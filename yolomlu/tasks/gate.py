@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from yolomlu.tasks import common, jobs
-from yolomlu.tasks.choose import choose_run, run_config, with_port
+from yolomlu.tasks.choose import chosen_run, run_config, with_port
 from yolomlu.tracking import start_run
 from yolomlu.tracking.lookup import child_with_tag
 from yolomlu.tracking.registry import download_version, find_version
@@ -36,10 +36,7 @@ def gate_task(cfg: DictConfig) -> dict[str, Any]:
 
     settings = common.tracking_settings(cfg)
     g = cfg.gate
-    if cfg.source is not None:
-        candidate, why = str(cfg.source), f"named by source={cfg.source}"
-    else:
-        candidate, why = choose_run(settings, cfg.report.parent, g.max_map_drop)
+    candidate, why = chosen_run(settings, cfg.source, cfg.report.parent, g.max_map_drop)
     candidate_config = run_config(settings, candidate)
     name = g.name or f"yolomlu-{candidate_config['model']['name']}"
     champion = find_version(settings, f"models:/{name}@{g.alias}")

@@ -27,7 +27,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from yolomlu.tasks import common
-from yolomlu.tasks.choose import choose_run, run_config
+from yolomlu.tasks.choose import chosen_run, run_config
 from yolomlu.tracking.lookup import download_artifact, log_folder, run_metrics
 from yolomlu.tracking.registry import REGISTERED_DIR, register
 
@@ -38,10 +38,7 @@ DEPLOY_FOLDERS = ("offline_model", "quant_params")
 def promote_task(cfg: DictConfig) -> dict[str, Any]:
     settings = common.tracking_settings(cfg)
     p = cfg.promote
-    if cfg.source is not None:
-        run_id, why = str(cfg.source), f"named by source={cfg.source}"
-    else:
-        run_id, why = choose_run(settings, cfg.report.parent, p.max_drop)
+    run_id, why = chosen_run(settings, cfg.source, cfg.report.parent, p.max_drop)
     config = run_config(settings, run_id)
     name = p.name or f"yolomlu-{config['model']['name']}"
     from yolomlu.tracking import run_tags

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from yolomlu.tasks import common, jobs
 from yolomlu.tracking import TrackingSettings
+from yolomlu.tracking.owner import process_state
 
 TRIALS_ARTIFACT = "search_trials.json"
 INTERRUPTED_ATTR = "interrupted_trials"  # study attribute: trials whose search process was stopped
@@ -48,6 +49,17 @@ class Space:
     """dimension -> ((choice label, overrides), ...), in the order written."""
 
     dims: dict[str, tuple[tuple[str, tuple[str, ...]], ...]]
+
+    def label(self, chosen: Mapping[str, str]) -> str:
+        """A short name for a trial's variant: each named choice (``ov_int8``), and each key dimension
+        whose value is not its first (``per_channel=true``)."""
+        parts = []
+        for dim, options in self.dims.items():
+            if any(o != (f"{dim}={label}",) for label, o in options):  # a dimension of named choices
+                parts.append(chosen[dim])
+            elif chosen[dim] != options[0][0]:
+                parts.append(f"{dim.rsplit('.', 1)[-1]}={chosen[dim]}")
+        return " ".join(parts)
 
     def overrides(self, chosen: Mapping[str, str]) -> list[str]:
         out: list[str] = []
@@ -206,7 +218,7 @@ def _settle_orphans(study, objective: "_Objective") -> None:
         if frozen.state != TrialState.RUNNING:
             continue
         pid = frozen.user_attrs.get("search_pid")
-        if pid is not None and pid != os.getpid() and _alive(int(pid)):
+        if pid is not None and pid != os.getpid() and process_state(int(pid)).alive:
             continue  # another search process is still at work on it
         run = _trial_run(objective.settings, objective.parent, frozen.number)
         if run is not None and run["status"] == "FINISHED" and run["fps"] is not None and run["map50_95"] is not None:
@@ -217,16 +229,6 @@ def _settle_orphans(study, objective: "_Objective") -> None:
             study.tell(frozen.number, state=TrialState.FAIL)
             interrupted.append(frozen.number)
     study.set_user_attr(INTERRUPTED_ATTR, interrupted)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _parent_run(settings: TrackingSettings, name: str, cfg: DictConfig, env: Mapping[str, str]):
@@ -282,12 +284,13 @@ class _Objective:
             from yolomlu.tracking import lookup, reuse_run
 
             name, _ = lookup.run_metrics(self.settings, earlier.user_attrs["run_id"])  # the same variant, the same name
-            tags = {"search.trial": trial.number, "search.study": self.name, "baseline": "false"}  # one baseline: trial 0
+            # one baseline (trial 0); the same variant name as the run it copies
+            tags = {"search.trial": trial.number, "search.study": self.name, "baseline": "false", "variant": self.space.label(chosen)}
             run_id = reuse_run(self.settings, earlier.user_attrs["run_id"], name, parent_run_id=self.parent, tags=tags)
             trial.set_user_attr("same_as", earlier.number)
             trial.set_user_attr("run_id", run_id)
             return self._score(trial, *earlier.values)
-        tags = {"search.trial": trial.number, "search.study": self.name}
+        tags = {"search.trial": trial.number, "search.study": self.name, "variant": self.space.label(chosen)}
         # The study's baseline is trial 0 alone, whatever its presets say (cpu_reference sets baseline=true).
         is_baseline = "true" if trial.number == 0 else "false"
         jobs.run_job([*self.base, *overrides, f"baseline={is_baseline}"], self.parent, tags, key=self.name, shared=self.base)
