@@ -7,7 +7,7 @@ table maps them onto one taxonomy and the profiles of different backends line up
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from yolomlu.types import LayerProfile, LayerProfileRow
 
@@ -66,7 +66,9 @@ def layer_type(op_name: str) -> str:
     return _LAYER_TYPES.get(short, "OTHER")
 
 
-def build_profile(events: Iterable[tuple[str, float]], passes: int = 1) -> LayerProfile:
+def build_profile(
+    events: Iterable[tuple[str, float]], passes: int = 1, classify: Callable[[str], str] = layer_type
+) -> LayerProfile:
     """(op name, microseconds) per executed op, over ``passes`` forwards -> a per-type table.
 
     Counts and times are per forward pass; rows are sorted slowest first; ratio is the share of
@@ -75,7 +77,7 @@ def build_profile(events: Iterable[tuple[str, float]], passes: int = 1) -> Layer
     count: dict[str, float] = defaultdict(float)
     time_us: dict[str, float] = defaultdict(float)
     for name, us in events:
-        kind = layer_type(name)
+        kind = classify(name)
         count[kind] += 1
         time_us[kind] += us
     total = sum(time_us.values()) or 1.0

@@ -34,7 +34,7 @@ def test_hardware_time_and_layer_table_from_the_worker_log(tiny_model, tmp_path,
         evidence = runner.evidence()
 
     # One HardwareTime line per forward: 24.356 ms for the batch (the worker's own seconds are CPU time).
-    assert device == pytest.approx(0.024356) and seconds > 0
+    assert device == pytest.approx(0.024356) and seconds > 0  # noqa: timing (a measurement exists, no speed claim)
     assert evidence["backend.device_time"].startswith("HardwareTime (CambriconECO yolov5 offline main.cpp)")
     assert evidence["timing.device"].startswith("standin (CPU)")
     rows = {r.layer_type: (r.count, r.time_us) for r in profile.rows}

@@ -34,11 +34,10 @@ cnperf's and CNRT's profile-file formats were not found in public sources: they 
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from yolomlu.backends.taxonomy import STUDY_TYPES, layer_type
+from yolomlu.backends.taxonomy import STUDY_TYPES, build_profile, layer_type
 from yolomlu.types import LayerProfile, LayerProfileRow
 
 __all__ = [
@@ -156,18 +155,7 @@ def layer_profile(text: str, passes: int = 1) -> LayerProfile | None:
     times = parse_layer_times(text)
     if not times:
         return None
-    count: dict[str, int] = defaultdict(int)
-    time_us: dict[str, float] = defaultdict(float)
-    for name, us in times:
-        kind = layer_type_of_name(name)
-        count[kind] += 1
-        time_us[kind] += us
-    total = sum(time_us.values()) or 1.0
-    rows = [
-        LayerProfileRow(kind, round(count[kind] / passes), time_us[kind] / passes, time_us[kind] / total)
-        for kind in sorted(time_us, key=time_us.get, reverse=True)
-    ]
-    return LayerProfile(rows)
+    return build_profile(times, passes, classify=layer_type_of_name)
 
 
 def device_seconds(text: str) -> tuple[float, str] | None:
